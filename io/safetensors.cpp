@@ -213,7 +213,8 @@ void SafetensorsWriter::write(const std::filesystem::path& path) const {
 
 SafetensorsFile SafetensorsFile::read(const std::filesystem::path& path) {
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) throw Error("not a readable file", path.string());
+  if (!std::filesystem::exists(path, ec)) throw Error("no such file", path.string());
+  if (!std::filesystem::is_regular_file(path, ec)) throw Error("not a regular file", path.string());
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(std::string("cannot open: ") + std::strerror(errno), path.string());
   std::string bytes(std::filesystem::file_size(path, ec), '\0');

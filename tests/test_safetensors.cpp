@@ -142,6 +142,8 @@ TEST(Safetensors, ConversionsThatMakeNoSenseNameTheTensor) {
   m = error_of([&] { f.as_f32("f64"); });  // 1e300
   EXPECT_NE(m.find("tensor 'f64': value"), std::string::npos) << m;
   EXPECT_NE(m.find("does not fit in float32"), std::string::npos) << m;
+  m = error_of([&] { SafetensorsFile::read("/nonexistent/x.safetensors"); });
+  EXPECT_EQ(m, "/nonexistent/x.safetensors: no such file");
   m = error_of([&] { f.info("absent"); });
   EXPECT_NE(m.find("no tensor 'absent'"), std::string::npos) << m;
 }
