@@ -1,6 +1,7 @@
 // Tokenizer: the DESIGN §3 table for every letter, soft-mask flags, reverse complement, errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 
 #include "io/tokenizer.hpp"
@@ -91,4 +92,31 @@ TEST(Tokenizer, ReverseComplementRoundTrip) {
   reverse_complement(t2.data(), t2.size(), m2.data());
   EXPECT_EQ(t2, t);
   EXPECT_EQ(m2, m);
+}
+
+// Long inputs take the vector path (AVX2 where the CPU has it); it must agree with encoding
+// letter by letter, including the position of a bad byte anywhere in a 32-byte group.
+TEST(Tokenizer, LongInputsAgreeWithLetterByLetter) {
+  std::mt19937 rng(11);
+  const std::string letters = "ACGTUNRYSWKMBDHVacgtunryswkmbdhv";
+  std::string s(4099, 'A');
+  for (char& c : s) c = letters[rng() % letters.size()];
+  std::vector<uint8_t> t(s.size()), m(s.size());
+  ASSERT_EQ(encode(s.data(), s.size(), t.data(), m.data()), npos);
+  for (size_t i = 0; i < s.size(); ++i) {
+    uint8_t one, one_mask;
+    encode(&s[i], 1, &one, &one_mask);
+    ASSERT_EQ(t[i], one) << i;
+    ASSERT_EQ(m[i], one_mask) << i;
+  }
+  for (int b = 0; b < 256; ++b) {
+    if (is_iupac(static_cast<char>(b))) continue;
+    for (size_t at : {0, 5, 31, 32, 63, 64, 100, 4098}) {
+      std::string bad = s;
+      bad[at] = static_cast<char>(b);
+      std::vector<uint8_t> out(bad.size());
+      ASSERT_EQ(encode(bad.data(), bad.size(), out.data()), at) << "byte " << b << " at " << at;
+      ASSERT_TRUE(std::equal(out.begin(), out.begin() + at, t.begin())) << "byte " << b << " at " << at;
+    }
+  }
 }
