@@ -1,0 +1,40 @@
+// Small model configs and random token streams shared by the model tests.
+#pragma once
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "model/config.hpp"
+
+namespace mmtest {
+
+// Small enough for fast tests, large enough that pools fill and replace slots and every layer
+// kind (own read, cross-layer read) runs: 3 layers, cross read on layer 1.
+inline mm::Config small_config(bool notes = true) {
+  mm::Config c;
+  c.d_model = 16;
+  c.n_layer = 3;
+  c.expand = 2;
+  c.d_state = 4;
+  c.d_conv = 4;
+  c.pool_slots = 4;
+  c.summary_dim = 8;
+  c.note_heads = 2;
+  c.memory_chunk = 8;
+  c.cross_layer_period = 2;
+  c.tau1 = 0.5;
+  c.notes = notes;
+  return c;
+}
+
+// Random A/C/G/T tokens with a few N, starting with BOS.
+inline std::vector<int32_t> random_tokens(int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = int32_t(1 + rng() % 4);
+  for (int64_t i = 7; i < n; i += 37) t[size_t(i)] = 5;
+  t[0] = 6;
+  return t;
+}
+
+}  // namespace mmtest
