@@ -108,7 +108,7 @@ TEST(Bam, RegionsAndFiltersMatchSamtools) {
   EXPECT_EQ(count(bam, {}), samtools_count(b));
   struct Case { BamOptions opt; std::string flags; };
   const std::vector<Case> cases = {
-      {{}, ""},
+      {filters(0, 0, 0), ""},
       {filters(20, 0, 0), "-q 20"},
       {filters(0, 0x2, 0), "-f 0x2"},
       {filters(0, 0, 0x400), "-F 0x400"},

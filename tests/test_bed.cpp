@@ -29,7 +29,7 @@ TEST(Bed, EveryColumnCountAndSkippedLines) {
     EXPECT_EQ(recs[i].extra.size(), i) << i;  // 3 + i columns
     EXPECT_EQ(recs[i].beg, i < 9 ? 10 * static_cast<int64_t>(i) : 100);
     if (i > 0) {
-      EXPECT_EQ(recs[i].name(), "n" + std::to_string(i + 3));
+      EXPECT_EQ(recs[i].name().substr(1), std::to_string(i + 3));  // n4 .. n12
     }
   }
   EXPECT_EQ(recs[0].contig, "chr1");

@@ -276,7 +276,8 @@ size_t annotate(const std::string& in, const std::string& out, VcfFormat format 
     bool indel = false;
     for (size_t i = 0; i < rec.alts.size(); ++i) {
       score.push_back(0.25f * (i + 1) + static_cast<float>(n));
-      kinds += (i ? "|" : "") + std::string(to_string(rec.kinds[i]));
+      if (i) kinds += '|';
+      kinds += to_string(rec.kinds[i]);
       indel |= rec.kinds[i] == AltKind::insertion || rec.kinds[i] == AltKind::deletion;
     }
     w.set_floats(rec, "MM_SCORE", score);
