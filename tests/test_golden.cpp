@@ -38,8 +38,11 @@ void check(double tol) {
     std::copy(v.begin(), v.end(), params.begin() + p.offset);
   }
   // Every reference parameter is one of ours: nothing is silently left out.
-  for (const auto& n : ref.file.names())
-    if (n.rfind("param.", 0) == 0) EXPECT_NE(table.find(n.substr(6)), nullptr) << n;
+  for (const auto& n : ref.file.names()) {
+    if (n.rfind("param.", 0) == 0) {
+      EXPECT_NE(table.find(n.substr(6)), nullptr) << n;
+    }
+  }
 
   mm::MemMamba<T> model(ref.cfg, params);
   const int64_t T_ = int64_t(ref.tokens.size()), V = ref.cfg.vocab;

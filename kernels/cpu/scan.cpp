@@ -38,8 +38,9 @@ void scan_forward(T* y, T* h, const T* u, int64_t ld_u, const T* dt, const T* A_
         T* he = hb + e * N;
         const T* Ae = A.data() + e * N;
         T acc = 0;
+#pragma omp simd reduction(+ : acc)
         for (int64_t n = 0; n < N; ++n) {
-          he[n] = std::exp(delta * Ae[n]) * he[n] + du * Bt[n];
+          he[n] = exp_(delta * Ae[n]) * he[n] + du * Bt[n];
           acc += he[n] * Ct[n];
         }
         y[row * E + e] = acc + D[e] * ue;
@@ -77,7 +78,7 @@ void scan_backward(T* du, int64_t ld_du, T* ddt, T* dA_log, T* dBm, T* dCm, int6
           const T delta = softplus(dt[row * E + e]), dbu = delta * u[row * ld_u + e];
           for (int64_t n = 0; n < N; ++n) {
             T& hv = h[(e - e0) * N + n];
-            hv = std::exp(delta * A[e * N + n]) * hv + dbu * Bm[row * ld_bc + n];
+            hv = exp_(delta * A[e * N + n]) * hv + dbu * Bm[row * ld_bc + n];
           }
         }
       }
@@ -93,7 +94,7 @@ void scan_backward(T* du, int64_t ld_du, T* ddt, T* dA_log, T* dBm, T* dCm, int6
             const T delta = softplus(dt[row * E + e]), dbu = delta * u[row * ld_u + e];
             for (int64_t n = 0; n < N; ++n) {
               T& hv = h[(e - e0) * N + n];
-              hv = std::exp(delta * A[e * N + n]) * hv + dbu * Bm[row * ld_bc + n];
+              hv = exp_(delta * A[e * N + n]) * hv + dbu * Bm[row * ld_bc + n];
               hs[((t - t0) * ne + (e - e0)) * N + n] = hv;
             }
           }
@@ -111,7 +112,7 @@ void scan_backward(T* du, int64_t ld_du, T* ddt, T* dA_log, T* dBm, T* dCm, int6
             T* ge = g.data() + (e - e0) * N;
             T ddelta = 0, du_acc = D[e] * dye;
             for (int64_t n = 0; n < N; ++n) {
-              const T a = A[e * N + n], decay = std::exp(delta * a);
+              const T a = A[e * N + n], decay = exp_(delta * a);
               ge[n] += dye * Ct[n];
               dCp[row * N + n] += dye * ht[n];
               ddelta += ge[n] * (hp[n] * decay * a + Bt[n] * ue);

@@ -1,0 +1,171 @@
+#include "pipelines/bench.hpp"
+
+#include <sys/resource.h>
+#include <tbb/info.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <random>
+
+#include "kernels/linear.hpp"
+#include "kernels/scan.hpp"
+#include "model/memmamba.hpp"
+#include "model/trainer.hpp"
+
+namespace mm::pipelines {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Median seconds of `repeats` runs of f after one warm-up run.
+template <typename F>
+double time_median(int repeats, F&& f) {
+  f();
+  std::vector<double> t;
+  for (int i = 0; i < std::max(1, repeats); ++i) {
+    auto t0 = Clock::now();
+    f();
+    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+std::vector<int32_t> random_dna(int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = int32_t(1 + rng() % 4);
+  t[0] = 6;
+  return t;
+}
+
+std::string cpu_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown CPU";
+}
+
+std::string fmt(const char* f, double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
+std::string pow2(int64_t n) {
+  int k = 0;
+  while ((int64_t(1) << k) < n) ++k;
+  return (int64_t(1) << k) == n ? "2^" + std::to_string(k) : std::to_string(n);
+}
+
+}  // namespace
+
+double forward_gemm_flops_per_token(const Config& c) {
+  const double d = c.d_model, E = c.d_inner(), N = c.d_state, R = c.rank(), S = c.summary_dim,
+               K = c.pool_slots, V = c.vocab;
+  double per_layer = 2 * d * 2 * E + 2 * E * (R + 2 * N) + 2 * R * E + 2 * E * d;
+  double total = 0;
+  for (int l = 0; l < c.n_layer; ++l) {
+    total += per_layer;
+    if (!c.notes) continue;
+    const int reads = c.has_cross(l) ? 2 : 1;
+    total += 2 * d * S;                          // summary
+    total += reads * (2 * d * S + 2 * d * d + 2 * S * d);  // q, gate, o
+    total += 2 * 2 * K * S;                      // own pool attention (scores + values)
+    if (c.has_cross(l)) total += 2 * 2 * K * c.cross_layer_period * S;
+  }
+  return total + 2 * d * V;
+}
+
+BenchReport bench_cpu(const BenchOptions& o, const Reporter& rep) {
+  BenchReport r;
+  r.device = "CPU: " + cpu_name() + ", " + std::to_string(tbb::info::default_concurrency()) + " threads";
+  std::time_t now = std::time(nullptr);
+  char date[32];
+  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+  r.date = date;
+  r.config_json = o.config.to_json();
+
+  // The GEMM ceiling, at the shape of the model's largest projection (in_proj over 4096 rows).
+  {
+    const int64_t M = 4096, I = o.config.d_model, O = 2 * o.config.d_inner();
+    std::vector<float> a(size_t(M * I), 0.5f), w(size_t(O * I), 0.25f), out(size_t(M * O));
+    double s = time_median(o.repeats * 3, [&] {
+      cpu::linear_forward(out.data(), O, a.data(), I, w.data(), (const float*)nullptr, M, I, O);
+    });
+    double rate = 2.0 * M * I * O / s;
+    r.rows.push_back({"sgemm (in_proj shape)", std::to_string(M) + "x" + std::to_string(I) + "x" + std::to_string(O),
+                      rate / 1e9, "GFLOP/s", "the ceiling below"});
+    rep.say("sgemm " + fmt("%.1f", rate / 1e9) + " GFLOP/s");
+    const double flops = forward_gemm_flops_per_token(o.config);
+
+    for (bool notes : {true, false}) {
+      Config c = o.config;
+      c.notes = notes;
+      MemMamba<float> model(c, o.seed);
+      for (int64_t L : o.infer_lengths) {
+        auto tok = random_dna(L, o.seed + 1);
+        std::vector<float> logits(size_t(L * c.vocab));
+        double t = time_median(o.repeats, [&] { model.forward(tok.data(), 1, L, logits.data()); });
+        const double tps = double(L) / t;
+        const double f = notes ? flops : forward_gemm_flops_per_token(c);
+        r.rows.push_back({std::string("inference, notes ") + (notes ? "on" : "off"), pow2(L), tps,
+                          "tokens/s", fmt("%.0f%% of sgemm rate in GEMMs", 100.0 * tps * f / rate)});
+        rep.say(r.rows.back().what + " at " + pow2(L) + ": " + fmt("%.0f", tps) + " tokens/s");
+      }
+    }
+  }
+  if (o.train_length > 0) {
+    MemMamba<float> model(o.config, o.seed);
+    TrainConfig tc;
+    Trainer<float> tr(model, tc);
+    Batch b;
+    b.B = 1;
+    b.T = o.train_length;
+    b.tokens = random_dna(b.T, o.seed + 2);
+    b.targets = MemMamba<float>::next_token_targets(b.tokens.data(), 1, b.T);
+    double t = time_median(o.repeats, [&] { tr.step([&](int64_t) { return b; }); });
+    r.rows.push_back({"training step (fwd+bwd+AdamW)", pow2(b.T), double(b.T) / t, "tokens/s", ""});
+    rep.say("training at " + pow2(b.T) + ": " + fmt("%.0f", double(b.T) / t) + " tokens/s");
+  }
+  if (o.scan_length > 0) {
+    const int64_t E = 512, N = 16, L = o.scan_length, XW = 2 * N;
+    std::mt19937 rng(3);
+    std::uniform_real_distribution<float> u(-1, 1);
+    std::vector<float> x(size_t(L * E)), dt(size_t(L * E)), bc(size_t(L * XW)), y(size_t(L * E)),
+        A_log(size_t(E * N)), D(size_t(E), 1.0f), h(size_t(E * N));
+    for (auto* v : {&x, &dt, &bc}) for (auto& e : *v) e = u(rng);
+    for (int64_t i = 0; i < E * N; ++i) A_log[size_t(i)] = std::log(float(i % N + 1));
+    double t = time_median(o.repeats, [&] {
+      std::fill(h.begin(), h.end(), 0.0f);
+      cpu::scan_forward(y.data(), h.data(), x.data(), E, dt.data(), A_log.data(), bc.data(),
+                        bc.data() + N, XW, D.data(), 1, L, E, N);
+    });
+    const double bytes = double(L) * (3.0 * E + XW) * 4.0;  // read u, dt, B, C; write y
+    r.rows.push_back({"selective scan E=512 N=16", pow2(L), t * 1e3, "ms",
+                      fmt("%.1f GB/s", bytes / t / 1e9)});
+  }
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  r.peak_memory_bytes = double(ru.ru_maxrss) * 1024.0;
+  return r;
+}
+
+std::string format_report(const BenchReport& r) {
+  std::string s = "# memmamba bench\n# device: " + r.device + "\n# date: " + r.date +
+                  "\n# config: " + r.config_json + "\n";
+  s += "what\tsize\tvalue\tunit\tnote\n";
+  for (const auto& row : r.rows)
+    s += row.what + "\t" + row.size + "\t" + fmt(row.value >= 100 ? "%.0f" : "%.3g", row.value) + "\t" +
+         row.unit + "\t" + row.note + "\n";
+  s += "peak memory\t-\t" + fmt("%.0f", r.peak_memory_bytes / 1048576.0) + "\tMiB\tresident set\n";
+  return s;
+}
+
+}  // namespace mm::pipelines
