@@ -6,10 +6,21 @@
 #include "apps/commands.hpp"
 #include "model/checkpoint.hpp"
 #include "pipelines/bench.hpp"
+#ifdef MEMMAMBA_HAVE_CUDA
+#include "kernels/cuda/ops.hpp"
+#endif
 
 namespace mm::cli {
 
 namespace {
+bool cuda_device_present() {
+#ifdef MEMMAMBA_HAVE_CUDA
+  return cuda::available();
+#else
+  return false;
+#endif
+}
+
 std::vector<int64_t> parse_lengths(const std::string& s) {
   std::vector<int64_t> out;
   std::stringstream ss(s);
@@ -27,10 +38,10 @@ std::vector<int64_t> parse_lengths(const std::string& s) {
 int bench_main(int argc, char** argv) {
   Args args("bench", "[options]",
             {{'m', "model", "FILE", "take the config from this checkpoint (weights are not needed)", "the tiny model of DESIGN §3"},
-             {0, "device", "DEV", "cpu (the CUDA backend is not built into this binary)", "auto"},
-             {0, "lengths", "LIST", "inference lengths in tokens, batch 1", "16384,65536"},
-             {0, "train-length", "INT", "tokens per timed training step (0: skip)", "8192"},
-             {0, "scan-length", "INT", "L of the scan benchmark at E=512, N=16 (0: skip)", "65536"},
+             {0, "device", "DEV", "auto, cpu or cuda (auto: cuda when built and a GPU is present)", "auto"},
+             {0, "lengths", "LIST", "inference lengths in tokens, batch 1 [cuda: 131072,1048576,4194304]", "16384,65536"},
+             {0, "train-length", "INT", "tokens per timed training step on the CPU (0: skip)", "8192"},
+             {0, "scan-length", "INT", "L of the scan benchmark at E=512, N=16 (0: skip) [cuda: 1048576]", "65536"},
              {0, "repeats", "INT", "timed runs per figure; the median is printed", "3"},
              {0, "seed", "INT", "seed of the random weights and inputs", "1"},
              {'q', "quiet", "", "no notes on stderr", ""}});
@@ -40,17 +51,20 @@ int bench_main(int argc, char** argv) {
       return 0;
     }
     if (!args.positional().empty()) throw UsageError("bench takes no file arguments");
-    const std::string dev = args.get("device");
-    if (dev != "auto" && dev != "cpu")
-      throw UsageError("--device " + dev + ": this build has the CPU backend only");
+    std::string dev = args.get("device");
+    if (dev != "auto" && dev != "cpu" && dev != "cuda")
+      throw UsageError("--device wants auto, cpu or cuda, got '" + dev + "'");
+    if (dev == "auto") dev = pipelines::cuda_built() && cuda_device_present() ? "cuda" : "cpu";
     pipelines::BenchOptions o;
     if (args.has("model")) o.config = load_checkpoint(args.get("model")).config;
-    o.infer_lengths = parse_lengths(args.get("lengths"));
-    o.train_length = args.get_int("train-length");
-    o.scan_length = args.get_int("scan-length");
+    const bool gpu = dev == "cuda";
+    o.infer_lengths = parse_lengths(args.has("lengths") || !gpu ? args.get("lengths") : "131072,1048576,4194304");
+    o.train_length = gpu ? 0 : args.get_int("train-length");
+    o.scan_length = args.has("scan-length") || !gpu ? args.get_int("scan-length") : 1048576;
     o.repeats = int(args.get_int("repeats"));
     o.seed = uint64_t(args.get_int("seed"));
-    auto report = pipelines::bench_cpu(o, stderr_reporter("bench", args.flag("quiet")));
+    const Reporter rep = stderr_reporter("bench", args.flag("quiet"));
+    auto report = gpu ? pipelines::bench_cuda(o, rep) : pipelines::bench_cpu(o, rep);
     std::cout << pipelines::format_report(report);
     return 0;
   });

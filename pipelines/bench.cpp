@@ -15,6 +15,10 @@
 #include "kernels/scan.hpp"
 #include "model/memmamba.hpp"
 #include "model/trainer.hpp"
+#ifdef MEMMAMBA_HAVE_CUDA
+#include "kernels/cuda/ops.hpp"
+#include "model/memmamba_cuda.hpp"
+#endif
 
 namespace mm::pipelines {
 
@@ -156,6 +160,94 @@ BenchReport bench_cpu(const BenchOptions& o, const Reporter& rep) {
   r.peak_memory_bytes = double(ru.ru_maxrss) * 1024.0;
   return r;
 }
+
+#ifdef MEMMAMBA_HAVE_CUDA
+bool cuda_built() { return true; }
+
+BenchReport bench_cuda(const BenchOptions& o, const Reporter& rep) {
+  BenchReport r;
+  r.device = "CUDA: " + cuda::device_name();
+  std::time_t now = std::time(nullptr);
+  char date[32];
+  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+  r.date = date;
+  r.config_json = o.config.to_json();
+  cuda::reset_peak();
+  {  // The bf16 GEMM ceiling (8192³, random operands).
+    const int64_t n = 8192;
+    std::vector<float> host(size_t(n * n));
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<float> u(-1, 1);
+    for (auto& v : host) v = u(rng);
+    cuda::Buffer<float> a32(host.size()), out(host.size());
+    cuda::copy_to_device(a32.data(), host.data(), host.size() * 4);
+    cuda::Buffer<uint16_t> a16(host.size()), b16(host.size());
+    cuda::to_bf16(a16.data(), a32.data(), host.size());
+    cuda::to_bf16(b16.data(), a32.data(), host.size());
+    cuda::Timer timer;
+    std::vector<double> ms;
+    for (int i = 0; i < 1 + std::max(3, o.repeats); ++i) {
+      timer.start();
+      cuda::linear_forward(out.data(), n, a16.data(), n, b16.data(), nullptr, n, n, n, cuda::DType::bf16, false);
+      ms.push_back(timer.stop_ms());
+    }
+    std::sort(ms.begin() + 1, ms.end());
+    const double t = ms[1 + (ms.size() - 1) / 2] / 1e3;
+    r.rows.push_back({"bf16 GEMM (cuBLASLt)", "8192^3", 2.0 * n * n * n / t / 1e12, "TFLOP/s", "the matrix ceiling"});
+  }
+  for (bool notes : {true, false}) {
+    Config c = o.config;
+    c.notes = notes;
+    MemMamba<float> init(c, o.seed);  // initialised weights, copied to the device
+    MemMambaCuda model(c, init.params(), cuda::DType::bf16);
+    for (int64_t L : o.infer_lengths) {
+      auto tok = random_dna(L, o.seed + 1);
+      double t = time_median(o.repeats, [&] { model.forward(tok.data(), 1, L, nullptr); });
+      r.rows.push_back({std::string("inference, notes ") + (notes ? "on" : "off"), pow2(L), double(L) / t,
+                        "tokens/s", "batch 1, bf16, pieces of " + pow2(model.max_piece)});
+      rep.say(r.rows.back().what + " at " + pow2(L) + ": " + fmt("%.3g", double(L) / t) + " tokens/s");
+    }
+  }
+  if (o.scan_length > 0) {
+    const int64_t E = 512, N = 16, L = o.scan_length, XW = 2 * N;
+    std::mt19937 rng(3);
+    std::uniform_real_distribution<float> u(-1, 1);
+    std::vector<float> hx(size_t(L * E)), hbc(size_t(L * XW)), hA(size_t(E * N));
+    for (auto& e : hx) e = u(rng);
+    for (auto& e : hbc) e = u(rng);
+    for (int64_t i = 0; i < E * N; ++i) hA[size_t(i)] = std::log(float(i % N + 1));
+    cuda::Buffer<float> x(hx.size()), dt(hx.size()), z(hx.size()), bc(hbc.size()), A(hA.size()), D(size_t(E)),
+        h(size_t(E * N)), y(hx.size());
+    cuda::copy_to_device(x.data(), hx.data(), hx.size() * 4);
+    cuda::copy_to_device(dt.data(), hx.data(), hx.size() * 4);
+    cuda::copy_to_device(z.data(), hx.data(), hx.size() * 4);
+    cuda::copy_to_device(bc.data(), hbc.data(), hbc.size() * 4);
+    cuda::copy_to_device(A.data(), hA.data(), hA.size() * 4);
+    cuda::copy_to_device(D.data(), hA.data(), size_t(E) * 4);
+    cuda::Timer timer;
+    std::vector<double> ms;
+    for (int i = 0; i < 1 + std::max(3, o.repeats); ++i) {
+      cuda::fill_zero(h.data(), h.size() * 4);
+      timer.start();
+      cuda::scan_forward(y.data(), cuda::DType::f32, h.data(), x.data(), dt.data(), A.data(), bc.data(),
+                         bc.data() + N, XW, D.data(), z.data(), E, 1, L, E, N);
+      ms.push_back(timer.stop_ms());
+    }
+    std::sort(ms.begin() + 1, ms.end());
+    const double t = ms[1 + (ms.size() - 1) / 2];
+    const double bytes = double(L) * (4.0 * E + XW) * 4.0;  // read u, dt, z, B, C; write y (fp32)
+    r.rows.push_back({"selective scan E=512 N=16 (fused softplus, D, gate)", pow2(L), t, "ms",
+                      fmt("%.0f GB/s", bytes / (t / 1e3) / 1e9)});
+  }
+  r.peak_memory_bytes = double(cuda::peak_bytes());
+  return r;
+}
+#else
+bool cuda_built() { return false; }
+BenchReport bench_cuda(const BenchOptions&, const Reporter&) {
+  throw UsageError("this build has no CUDA backend (configure with the default preset on a machine with nvcc)");
+}
+#endif
 
 std::string format_report(const BenchReport& r) {
   std::string s = "# memmamba bench\n# device: " + r.device + "\n# date: " + r.date +

@@ -39,6 +39,10 @@ double forward_gemm_flops_per_token(const Config& c);
 // CPU figures (TBB over all cores, OpenBLAS).
 BenchReport bench_cpu(const BenchOptions& o, const Reporter& rep);
 
+// CUDA figures (bf16 matrix products, fp32 accumulation); only in builds with the CUDA backend.
+bool cuda_built();
+BenchReport bench_cuda(const BenchOptions& o, const Reporter& rep);
+
 std::string format_report(const BenchReport& r);
 
 }  // namespace mm::pipelines

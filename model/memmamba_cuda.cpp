@@ -1,0 +1,286 @@
+// MemMamba forward on the CUDA backend, op for op the CPU model's layer (model/memmamba.cpp):
+// note write, pool evolution over the piece's segments, the reads, then the Mamba-1 mixer.
+// Shapes as in memmamba_cuda.hpp; M = B·T rows of the piece.
+#include "model/memmamba_cuda.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "io/error.hpp"
+#include "kernels/cuda/notes.hpp"
+
+namespace mm {
+
+using cuda::Buffer;
+using cuda::DType;
+
+struct MemMambaCuda::State {
+  int64_t batch = 0, position = 0;
+  struct Layer {
+    Buffer<float> conv_tail, ssm;
+    Buffer<int64_t> pos, cand_pos;
+    Buffer<float> prio, cand_score, pool_values, cand_values;  // B×K, B×K, B×K×S, B×K×S
+    Buffer<int32_t> used, cand_count;
+  };
+  std::vector<Layer> layers;
+};
+
+namespace {
+
+// The segments of a piece (rows of one memory chunk), on the host and the device.
+struct HostSegments {
+  std::vector<int32_t> t0, t1;
+  std::vector<uint8_t> closes;
+};
+
+HostSegments make_segments(int64_t pos0, int64_t T, int64_t C) {
+  HostSegments s;
+  for (int64_t t = 0; t < T;) {
+    const int64_t chunk_end = ((pos0 + t) / C + 1) * C;
+    const int64_t t1 = std::min(T, chunk_end - pos0);
+    s.t0.push_back(int32_t(t));
+    s.t1.push_back(int32_t(t1));
+    s.closes.push_back(pos0 + t1 == chunk_end ? 1 : 0);
+    t = t1;
+  }
+  return s;
+}
+
+template <typename T>
+void upload(Buffer<T>& dst, const std::vector<T>& src) {
+  dst.reserve(src.size());
+  if (!src.empty()) cuda::copy_to_device(dst.data(), src.data(), src.size() * sizeof(T));
+}
+
+}  // namespace
+
+struct MemMambaCuda::Impl {
+  Config c;
+  DType dt;
+  Buffer<float> w32;     // all parameters, fp32, ParamTable layout
+  Buffer<uint16_t> w16;  // the same in bf16 (the fast path's matrix operands)
+  // Per layer: [summary; q (; cross q)] packed so one product writes m and the queries.
+  std::vector<Buffer<float>> note_in32;
+  std::vector<Buffer<uint16_t>> note_in16;
+  std::vector<const LayerIndex*> ix;
+  size_t embedding = 0, norm_f = 0;
+
+  // Work buffers, grown on demand and reused by every layer.
+  Buffer<int32_t> tokens, seg_t0, seg_t1;
+  Buffer<uint8_t> seg_closes;
+  Buffer<float> x, s, mq, g, c_out, kv_tmp, xz, a32, xdbl, dtv, logits;
+  Buffer<uint16_t> v, o, u, a, yg;  // bf16 or fp32 (as raw bytes: sized in floats when f32)
+  Buffer<int32_t> pool_rows, cand_rows;
+  std::vector<Buffer<float>> n_ext, kv;      // per layer of the cross window
+  std::vector<Buffer<int32_t>> snap;         // per layer of the cross window
+
+  size_t act_bytes() const { return dt == DType::f32 ? 4 : 2; }
+  void* w(size_t off) { return dt == DType::f32 ? static_cast<void*>(w32.data() + off) : static_cast<void*>(w16.data() + off); }
+  void* packed(int l) {
+    return dt == DType::f32 ? static_cast<void*>(note_in32[size_t(l)].data()) : static_cast<void*>(note_in16[size_t(l)].data());
+  }
+  // A buffer of n activations in the GEMM dtype.
+  void* act(Buffer<uint16_t>& b, size_t n) {
+    b.reserve(n * act_bytes() / 2);
+    return b.data();
+  }
+  float* f(size_t off) { return w32.data() + off; }
+};
+
+MemMambaCuda::MemMambaCuda(const Config& cfg, const std::vector<float>& params, DType gemm)
+    : cfg_(cfg), table_((cfg.validate(), cfg)), impl_(std::make_unique<Impl>()) {
+  if (params.size() != table_.total())
+    throw Error("parameter count " + std::to_string(params.size()) + " does not match the config");
+  if (!cuda::available()) throw Error("no CUDA device is available");
+  Impl& I = *impl_;
+  I.c = cfg;
+  I.dt = gemm;
+  I.w32 = Buffer<float>(params.size());
+  cuda::copy_to_device(I.w32.data(), params.data(), params.size() * sizeof(float));
+  I.w16 = Buffer<uint16_t>(params.size());
+  cuda::to_bf16(I.w16.data(), I.w32.data(), params.size());
+  I.embedding = table_.embedding();
+  I.norm_f = table_.norm_f();
+  const int64_t d = cfg.d_model, S = cfg.summary_dim;
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    const LayerIndex& li = table_.layer(l);
+    I.ix.push_back(&li);
+    if (!cfg.notes) continue;
+    std::vector<float> packed(params.begin() + long(li.summary), params.begin() + long(li.summary + size_t(S * d)));
+    packed.insert(packed.end(), params.begin() + long(li.read.q), params.begin() + long(li.read.q + size_t(S * d)));
+    if (cfg.has_cross(l))
+      packed.insert(packed.end(), params.begin() + long(li.cross.q), params.begin() + long(li.cross.q + size_t(S * d)));
+    Buffer<float> p32(packed.size());
+    cuda::copy_to_device(p32.data(), packed.data(), packed.size() * sizeof(float));
+    Buffer<uint16_t> p16(packed.size());
+    cuda::to_bf16(p16.data(), p32.data(), packed.size());
+    I.note_in32.push_back(std::move(p32));
+    I.note_in16.push_back(std::move(p16));
+  }
+  const int window = std::max(1, cfg.cross_layer_period);
+  I.n_ext.resize(size_t(window));
+  I.kv.resize(size_t(window));
+  I.snap.resize(size_t(window));
+}
+
+MemMambaCuda::~MemMambaCuda() = default;
+
+std::unique_ptr<MemMambaCuda::State, void (*)(MemMambaCuda::State*)> MemMambaCuda::new_state(int64_t B) const {
+  std::unique_ptr<State, void (*)(State*)> st(new State, [](State* p) { delete p; });
+  st->batch = B;
+  const int64_t E = cfg_.d_inner(), N = cfg_.d_state, k = cfg_.d_conv, K = cfg_.pool_slots, S = cfg_.summary_dim;
+  st->layers.resize(size_t(cfg_.n_layer));
+  for (auto& L : st->layers) {
+    L.conv_tail = Buffer<float>(size_t(B * (k - 1) * E));
+    L.ssm = Buffer<float>(size_t(B * E * N));
+    cuda::fill_zero(L.conv_tail.data(), L.conv_tail.size() * 4);
+    cuda::fill_zero(L.ssm.data(), L.ssm.size() * 4);
+    if (!cfg_.notes) continue;
+    L.pos = Buffer<int64_t>(size_t(B * K));
+    L.cand_pos = Buffer<int64_t>(size_t(B * K));
+    L.prio = Buffer<float>(size_t(B * K));
+    L.cand_score = Buffer<float>(size_t(B * K));
+    L.pool_values = Buffer<float>(size_t(B * K * S));
+    L.cand_values = Buffer<float>(size_t(B * K * S));
+    L.used = Buffer<int32_t>(size_t(B));
+    L.cand_count = Buffer<int32_t>(size_t(B));
+    std::vector<int64_t> none(size_t(B * K), -1);
+    cuda::copy_to_device(L.pos.data(), none.data(), none.size() * 8);
+    cuda::copy_to_device(L.cand_pos.data(), none.data(), none.size() * 8);
+    for (auto* b : {&L.prio, &L.cand_score, &L.pool_values, &L.cand_values}) cuda::fill_zero(b->data(), b->size() * 4);
+    cuda::fill_zero(L.used.data(), size_t(B) * 4);
+    cuda::fill_zero(L.cand_count.data(), size_t(B) * 4);
+  }
+  return st;
+}
+
+int64_t MemMambaCuda::position(const State& st) const { return st.position; }
+
+std::vector<int64_t> MemMambaCuda::pool_positions(const State& st, int layer, int64_t b) const {
+  const int64_t K = cfg_.pool_slots;
+  std::vector<int64_t> pos(size_t(K));
+  cuda::copy_to_host(pos.data(), st.layers.at(size_t(layer)).pos.data() + b * K, size_t(K) * 8);
+  pos.erase(std::remove(pos.begin(), pos.end(), int64_t(-1)), pos.end());
+  return pos;
+}
+
+void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, float* logits_host, State* state) {
+  std::unique_ptr<State, void (*)(State*)> fresh(nullptr, [](State* p) { delete p; });
+  if (!state) {
+    fresh = new_state(B);
+    state = fresh.get();
+  }
+  if (state->batch != B) throw Error("stream state batch does not match the input");
+  Impl& I = *impl_;
+  const Config& c = cfg_;
+  const int64_t D = c.d_model, E = c.d_inner(), N = c.d_state, R = c.rank(), S = c.summary_dim,
+                K = c.pool_slots, V = c.vocab, XW = R + 2 * N, H = c.note_heads, dh = c.head_dim();
+  const int window = std::max(1, c.cross_layer_period);
+  const int64_t piece = std::max<int64_t>(1, max_piece);
+
+  for (int64_t p0 = 0; p0 < T; p0 += piece) {
+    const int64_t Tp = std::min(piece, T - p0), M = B * Tp, pos0 = state->position;
+    // Tokens of this piece, sequence by sequence.
+    std::vector<int32_t> tok(size_t(M));
+    for (int64_t b = 0; b < B; ++b) std::copy_n(tokens_host + b * T + p0, Tp, tok.begin() + b * Tp);
+    upload(I.tokens, tok);
+    I.x.reserve(size_t(M * D));
+    cuda::embedding_forward(I.x.data(), I.tokens.data(), I.f(I.embedding), M, D);
+    const HostSegments hs = make_segments(pos0, Tp, c.memory_chunk);
+    upload(I.seg_t0, hs.t0);
+    upload(I.seg_t1, hs.t1);
+    upload(I.seg_closes, hs.closes);
+    const cuda::Segments segs{I.seg_t0.data(), I.seg_t1.data(), I.seg_closes.data(), int64_t(hs.t0.size())};
+    const int64_t ext_rows = 2 * B * K + M;
+
+    for (int l = 0; l < c.n_layer; ++l) {
+      const LayerIndex& li = *I.ix[size_t(l)];
+      State::Layer& st = state->layers[size_t(l)];
+      if (c.notes) {
+        const int slot = l % window;
+        const bool cross = c.has_cross(l);
+        const int64_t qcols = cross ? 3 * S : 2 * S;  // [m | q | q_cross]
+        // Note write: v, scores, summaries into this layer's extended rows.
+        void* v = I.act(I.v, size_t(M * D));
+        I.s.reserve(size_t(M));
+        cuda::rmsnorm_forward(v, I.dt, I.x.data(), I.f(li.note_norm), M, D, float(c.rms_eps), I.s.data(),
+                              I.f(li.score_w), I.f(li.score_b));
+        I.mq.reserve(size_t(M * qcols));
+        cuda::linear_forward(I.mq.data(), qcols, v, D, I.packed(l), nullptr, M, D, qcols, I.dt, false);
+        Buffer<float>& next = I.n_ext[size_t(slot)];
+        next.reserve(size_t(ext_rows * S));
+        cuda::copy_device(next.data(), st.pool_values.data(), size_t(B * K * S) * 4);
+        cuda::copy_device(next.data() + B * K * S, st.cand_values.data(), size_t(B * K * S) * 4);
+        cuda::note_scale_forward(next.data() + 2 * B * K * S, S, I.s.data(), I.mq.data(), qcols, M, S);
+        // The pool each segment reads, and the state after the piece.
+        Buffer<int32_t>& snap = I.snap[size_t(slot)];
+        snap.reserve(size_t(segs.count * B * K));
+        I.pool_rows.reserve(size_t(B * K));
+        I.cand_rows.reserve(size_t(B * K));
+        cuda::pool_evolve(snap.data(), {st.pos.data(), st.prio.data(), st.used.data(), st.cand_pos.data(),
+                                        st.cand_score.data(), st.cand_count.data()},
+                          I.pool_rows.data(), I.cand_rows.data(), I.s.data(), pos0, segs, B, Tp, K, float(c.tau1));
+        cuda::gather_rows(st.pool_values.data(), next.data(), I.pool_rows.data(), B * K, S);
+        cuda::gather_rows(st.cand_values.data(), next.data(), I.cand_rows.data(), B * K, S);
+
+        // Reads: own pool, then (every p-th layer) the union of the window's pools.
+        auto read = [&](const LayerIndex::Read& rx, const float* q, int first) {
+          std::vector<cuda::ReadSource> src;
+          for (int sl = first; sl <= l; ++sl) {
+            const int w = sl % window;
+            Buffer<float>& kv = I.kv[size_t(w)];
+            kv.reserve(size_t(ext_rows * 2 * S));
+            cuda::linear_forward(kv.data(), 2 * S, I.n_ext[size_t(w)].data(), S, I.f(rx.k), nullptr, ext_rows, S,
+                                 2 * S, DType::f32, false);
+            src.push_back({kv.data(), I.snap[size_t(w)].data()});
+          }
+          void* o = I.act(I.o, size_t(M * S));
+          cuda::pool_read_forward(o, I.dt, q, qcols, src.data(), int(src.size()), segs, B, Tp, K, H, dh);
+          I.c_out.reserve(size_t(M * D));
+          cuda::linear_forward(I.c_out.data(), D, o, S, I.w(rx.o), nullptr, M, S, D, I.dt, false);
+          I.g.reserve(size_t(M * D));
+          cuda::linear_forward(I.g.data(), D, v, D, I.w(rx.gate_w), I.f(rx.gate_b), M, D, D, I.dt, false);
+        };
+        // Both reads use the same v, so the first fusion can land before the second read runs.
+        read(li.read, I.mq.data() + S, l);
+        cuda::gated_residual_forward(I.x.data(), I.g.data(), I.c_out.data(), M, D);
+        if (cross) {
+          read(li.cross, I.mq.data() + 2 * S, l - c.cross_layer_period + 1);
+          cuda::gated_residual_forward(I.x.data(), I.g.data(), I.c_out.data(), M, D);
+        }
+      }
+      // Mixer (Mamba-1); out_proj accumulates into the residual stream.
+      void* u = I.act(I.u, size_t(M * D));
+      cuda::rmsnorm_forward(u, I.dt, I.x.data(), I.f(li.norm), M, D, float(c.rms_eps));
+      I.xz.reserve(size_t(M * 2 * E));
+      cuda::linear_forward(I.xz.data(), 2 * E, u, D, I.w(li.in_proj), nullptr, M, D, 2 * E, I.dt, false);
+      void* a = I.act(I.a, size_t(M * E));
+      I.a32.reserve(size_t(M * E));
+      cuda::conv1d_silu_forward(a, I.dt, I.a32.data(), st.conv_tail.data(), I.xz.data(), 2 * E, I.f(li.conv_w),
+                                I.f(li.conv_b), B, Tp, E, c.d_conv);
+      I.xdbl.reserve(size_t(M * XW));
+      cuda::linear_forward(I.xdbl.data(), XW, a, E, I.w(li.x_proj), nullptr, M, E, XW, I.dt, false);
+      I.dtv.reserve(size_t(M * E));
+      cuda::linear_forward(I.dtv.data(), E, I.xdbl.data(), XW, I.f(li.dt_w), I.f(li.dt_b), M, R, E, DType::f32, false);
+      void* yg = I.act(I.yg, size_t(M * E));
+      cuda::scan_forward(yg, I.dt, st.ssm.data(), I.a32.data(), I.dtv.data(), I.f(li.A_log), I.xdbl.data() + R,
+                         I.xdbl.data() + R + N, XW, I.f(li.D), I.xz.data() + E, 2 * E, B, Tp, E, N);
+      cuda::linear_forward(I.x.data(), D, yg, E, I.w(li.out_proj), nullptr, M, E, D, I.dt, true);
+    }
+    // Final norm and the tied head.
+    void* hf = I.act(I.u, size_t(M * D));
+    cuda::rmsnorm_forward(hf, I.dt, I.x.data(), I.f(I.norm_f), M, D, float(c.rms_eps));
+    I.logits.reserve(size_t(M * V));
+    cuda::linear_forward(I.logits.data(), V, hf, D, I.w(I.embedding), nullptr, M, D, V, I.dt, false);
+    state->position += Tp;
+    if (logits_host) {
+      std::vector<float> out(size_t(M * V));
+      cuda::copy_to_host(out.data(), I.logits.data(), out.size() * 4);
+      for (int64_t b = 0; b < B; ++b)
+        std::copy_n(out.begin() + b * Tp * V, Tp * V, logits_host + (b * T + p0) * V);
+    }
+  }
+  cuda::synchronize();
+}
+
+}  // namespace mm

@@ -1,0 +1,118 @@
+// The CUDA model against the CPU model and the golden reference (fp32 path within 1e-4, bf16
+// within 2e-2, DESIGN §4), and the streaming contract on the GPU. Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <set>
+
+#include "io/safetensors.hpp"
+#include "kernels/cuda/ops.hpp"
+#include "model/memmamba.hpp"
+#include "model/memmamba_cuda.hpp"
+#include "support/compare.hpp"
+#include "support/fixtures.hpp"
+#include "support/models.hpp"
+
+namespace {
+
+#define NEED_GPU() \
+  if (!mm::cuda::available()) GTEST_SKIP() << "no CUDA device on this machine: run the GPU tests on the GPU machine"
+
+std::vector<float> cpu_logits(mm::MemMamba<float>& m, const std::vector<int32_t>& tok, int64_t B, int64_t T,
+                              mm::StreamState<float>* st = nullptr) {
+  std::vector<float> out(size_t(B * T * m.config().vocab));
+  m.forward(tok.data(), B, T, out.data(), st);
+  return out;
+}
+
+void expect_same_pools(const mm::StreamState<float>& cpu, const mm::MemMambaCuda& g,
+                       const mm::MemMambaCuda::State& gs, int64_t B) {
+  for (int l = 0; l < g.config().n_layer; ++l)
+    for (int64_t b = 0; b < B; ++b) {
+      const auto& want = cpu.layers[size_t(l)].pool[size_t(b)].pos;
+      auto got = g.pool_positions(gs, l, b);
+      EXPECT_EQ(std::set<int64_t>(got.begin(), got.end()), std::set<int64_t>(want.begin(), want.end()))
+          << "layer " << l << " sequence " << b;
+    }
+}
+
+void compare_with_cpu(mm::cuda::DType dt, double tol, bool notes) {
+  auto cfg = mmtest::small_config(notes);
+  mm::MemMamba<float> cpu(cfg, 13);
+  mm::MemMambaCuda gpu(cfg, cpu.params(), dt);
+  const int64_t B = 2, T = 301;
+  auto tok = mmtest::random_tokens(B * T, 6);
+  auto cst = cpu.new_state(B);
+  auto want = cpu_logits(cpu, tok, B, T, &cst);
+  auto gst = gpu.new_state(B);
+  std::vector<float> got(want.size(), NAN);
+  gpu.forward(tok.data(), B, T, got.data(), gst.get());
+  const double err = mmtest::rel_error(got, want);
+  std::printf("CUDA %s vs CPU logits, notes %s: rel error %.3g\n", dt == mm::cuda::DType::f32 ? "fp32" : "bf16",
+              notes ? "on" : "off", err);
+  EXPECT_LT(err, tol);
+  if (notes && dt == mm::cuda::DType::f32) expect_same_pools(cst, gpu, *gst, B);
+}
+
+}  // namespace
+
+TEST(CudaModel, Fp32MatchesCpuNotesOn) { NEED_GPU(); compare_with_cpu(mm::cuda::DType::f32, 1e-4, true); }
+TEST(CudaModel, Fp32MatchesCpuNotesOff) { NEED_GPU(); compare_with_cpu(mm::cuda::DType::f32, 1e-4, false); }
+TEST(CudaModel, Bf16MatchesCpuNotesOn) { NEED_GPU(); compare_with_cpu(mm::cuda::DType::bf16, 2e-2, true); }
+
+TEST(CudaModel, Fp32MatchesTheGoldenReference) {
+  NEED_GPU();
+  auto f = mm::io::SafetensorsFile::read(mmtest::data("reference/memmamba-tiny-reference.safetensors"));
+  auto cfg = mm::Config::from_json(f.metadata().at("memmamba.config"));
+  mm::ParamTable table(cfg);
+  std::vector<float> params(table.total());
+  for (const auto& p : table.entries()) {
+    auto v = f.as_f64("param." + p.name);
+    std::copy(v.begin(), v.end(), params.begin() + long(p.offset));
+  }
+  std::vector<int32_t> tok;
+  for (auto t : f.as_i64("input.tokens")) tok.push_back(int32_t(t));
+  mm::MemMambaCuda gpu(cfg, params, mm::cuda::DType::f32);
+  std::vector<float> got(tok.size() * size_t(cfg.vocab), NAN);
+  gpu.forward(tok.data(), 1, int64_t(tok.size()), got.data());
+  const double err = mmtest::rel_error(got, f.as_f64("output.logits"));
+  std::printf("CUDA fp32 vs golden logits: rel error %.3g\n", err);
+  EXPECT_LT(err, 1e-4);
+}
+
+TEST(CudaModel, StreamingPiecesMatchTheWholePass) {
+  NEED_GPU();
+  auto cfg = mmtest::small_config(true);
+  mm::MemMamba<float> cpu(cfg, 14);
+  mm::MemMambaCuda gpu(cfg, cpu.params(), mm::cuda::DType::f32);
+  const int64_t B = 2, T = 257, V = cfg.vocab;
+  auto tok = mmtest::random_tokens(B * T, 7);
+  auto whole_state = gpu.new_state(B);
+  std::vector<float> whole(size_t(B * T * V), NAN);
+  gpu.forward(tok.data(), B, T, whole.data(), whole_state.get());
+  std::mt19937_64 rng(3);
+  for (int trial = 0; trial < 3; ++trial) {
+    auto st = gpu.new_state(B);
+    std::vector<float> got(whole.size(), NAN);
+    for (int64_t t0 = 0; t0 < T;) {
+      const int64_t len = std::min<int64_t>(T - t0, 1 + int64_t(rng() % 40));
+      std::vector<int32_t> piece(size_t(B * len));
+      for (int64_t b = 0; b < B; ++b) std::copy_n(tok.begin() + b * T + t0, len, piece.begin() + b * len);
+      std::vector<float> out(size_t(B * len * V), NAN);
+      gpu.forward(piece.data(), B, len, out.data(), st.get());
+      for (int64_t b = 0; b < B; ++b) std::copy_n(out.begin() + b * len * V, len * V, got.begin() + (b * T + t0) * V);
+      t0 += len;
+    }
+    EXPECT_LT(mmtest::rel_error(got, whole), 1e-5) << "trial " << trial;
+    for (int l = 0; l < cfg.n_layer; ++l)
+      for (int64_t b = 0; b < B; ++b) {
+        auto x = gpu.pool_positions(*st, l, b), y = gpu.pool_positions(*whole_state, l, b);
+        EXPECT_EQ(std::set<int64_t>(x.begin(), x.end()), std::set<int64_t>(y.begin(), y.end()));
+      }
+  }
+  // The model's own piecing (max_piece) is the same contract.
+  gpu.max_piece = 29;
+  std::vector<float> pieced(whole.size(), NAN);
+  gpu.forward(tok.data(), B, T, pieced.data());
+  EXPECT_LT(mmtest::rel_error(pieced, whole), 1e-5);
+}
