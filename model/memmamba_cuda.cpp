@@ -118,9 +118,9 @@ MemMambaCuda::MemMambaCuda(const Config& cfg, const std::vector<float>& params, 
     I.note_in16.push_back(std::move(p16));
   }
   const int window = std::max(1, cfg.cross_layer_period);
-  I.n_ext.resize(size_t(window));
-  I.kv.resize(size_t(window));
-  I.snap.resize(size_t(window));
+  I.n_ext.resize(static_cast<size_t>(window));
+  I.kv.resize(static_cast<size_t>(window));
+  I.snap.resize(static_cast<size_t>(window));
 }
 
 MemMambaCuda::~MemMambaCuda() = default;
@@ -142,8 +142,8 @@ std::unique_ptr<MemMambaCuda::State, void (*)(MemMambaCuda::State*)> MemMambaCud
     L.cand_score = Buffer<float>(size_t(B * K));
     L.pool_values = Buffer<float>(size_t(B * K * S));
     L.cand_values = Buffer<float>(size_t(B * K * S));
-    L.used = Buffer<int32_t>(size_t(B));
-    L.cand_count = Buffer<int32_t>(size_t(B));
+    L.used = Buffer<int32_t>(static_cast<size_t>(B));
+    L.cand_count = Buffer<int32_t>(static_cast<size_t>(B));
     std::vector<int64_t> none(size_t(B * K), -1);
     cuda::copy_to_device(L.pos.data(), none.data(), none.size() * 8);
     cuda::copy_to_device(L.cand_pos.data(), none.data(), none.size() * 8);
@@ -158,8 +158,8 @@ int64_t MemMambaCuda::position(const State& st) const { return st.position; }
 
 std::vector<int64_t> MemMambaCuda::pool_positions(const State& st, int layer, int64_t b) const {
   const int64_t K = cfg_.pool_slots;
-  std::vector<int64_t> pos(size_t(K));
-  cuda::copy_to_host(pos.data(), st.layers.at(size_t(layer)).pos.data() + b * K, size_t(K) * 8);
+  std::vector<int64_t> pos(static_cast<size_t>(K));
+  cuda::copy_to_host(pos.data(), st.layers.at(static_cast<size_t>(layer)).pos.data() + b * K, size_t(K) * 8);
   pos.erase(std::remove(pos.begin(), pos.end(), int64_t(-1)), pos.end());
   return pos;
 }
@@ -181,7 +181,7 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
   for (int64_t p0 = 0; p0 < T; p0 += piece) {
     const int64_t Tp = std::min(piece, T - p0), M = B * Tp, pos0 = state->position;
     // Tokens of this piece, sequence by sequence.
-    std::vector<int32_t> tok(size_t(M));
+    std::vector<int32_t> tok(static_cast<size_t>(M));
     for (int64_t b = 0; b < B; ++b) std::copy_n(tokens_host + b * T + p0, Tp, tok.begin() + b * Tp);
     upload(I.tokens, tok);
     I.x.reserve(size_t(M * D));
@@ -202,7 +202,7 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
         const int64_t qcols = cross ? 3 * S : 2 * S;  // [m | q | q_cross]
         // Note write: v, scores, summaries into this layer's extended rows.
         void* v = I.act(I.v, size_t(M * D));
-        I.s.reserve(size_t(M));
+        I.s.reserve(static_cast<size_t>(M));
         cuda::rmsnorm_forward(v, I.dt, I.x.data(), I.f(li.note_norm), M, D, float(c.rms_eps), I.s.data(),
                               I.f(li.score_w), I.f(li.score_b));
         I.mq.reserve(size_t(M * qcols));

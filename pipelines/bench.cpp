@@ -216,7 +216,7 @@ BenchReport bench_cuda(const BenchOptions& o, const Reporter& rep) {
     for (auto& e : hx) e = u(rng);
     for (auto& e : hbc) e = u(rng);
     for (int64_t i = 0; i < E * N; ++i) hA[size_t(i)] = std::log(float(i % N + 1));
-    cuda::Buffer<float> x(hx.size()), dt(hx.size()), z(hx.size()), bc(hbc.size()), A(hA.size()), D(size_t(E)),
+    cuda::Buffer<float> x(hx.size()), dt(hx.size()), z(hx.size()), bc(hbc.size()), A(hA.size()), D(static_cast<size_t>(E)),
         h(size_t(E * N)), y(hx.size());
     cuda::copy_to_device(x.data(), hx.data(), hx.size() * 4);
     cuda::copy_to_device(dt.data(), hx.data(), hx.size() * 4);
