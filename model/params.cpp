@@ -99,8 +99,14 @@ void init_params(std::vector<T>& params, const ParamTable& table, const Config& 
       }
     } else if (ends("mixer.conv1d.weight") || ends("mixer.conv1d.bias")) {
       uniform(p.offset, p.size, 1.0 / std::sqrt(double(c.d_conv)));
-    } else if (ends("mixer.out_proj.weight") || ends(".o.weight")) {
+    } else if (ends("mixer.out_proj.weight")) {
       uniform(p.offset, p.size, depth / std::sqrt(fan_in));
+    } else if (ends(".o.weight")) {
+      // The note reads start silent: a random output projection feeds the residual stream noise
+      // from whatever the pool holds, the cheapest cure the optimiser finds is to push every
+      // score below τ1, and an empty pool returns no gradient to revive it (seen in
+      // bench/recall_experiment). From zero, W_o grows only where a read helps.
+      fill(p.offset, p.size, 0.0);
     } else if (ends("gate.bias") || ends("score.bias")) {
       fill(p.offset, p.size, 0.0);
     } else {

@@ -38,7 +38,7 @@ void expect_same_pools(const mm::StreamState<float>& cpu, const mm::MemMambaCuda
 
 void compare_with_cpu(mm::cuda::DType dt, double tol, bool notes) {
   auto cfg = mmtest::small_config(notes);
-  mm::MemMamba<float> cpu(cfg, 13);
+  mm::MemMamba<float> cpu = mmtest::live_model<float>(cfg, 13);
   mm::MemMambaCuda gpu(cfg, cpu.params(), dt);
   const int64_t B = 2, T = 301;
   auto tok = mmtest::random_tokens(B * T, 6);
@@ -83,7 +83,7 @@ TEST(CudaModel, Fp32MatchesTheGoldenReference) {
 TEST(CudaModel, StreamingPiecesMatchTheWholePass) {
   NEED_GPU();
   auto cfg = mmtest::small_config(true);
-  mm::MemMamba<float> cpu(cfg, 14);
+  mm::MemMamba<float> cpu = mmtest::live_model<float>(cfg, 14);
   mm::MemMambaCuda gpu(cfg, cpu.params(), mm::cuda::DType::f32);
   const int64_t B = 2, T = 257, V = cfg.vocab;
   auto tok = mmtest::random_tokens(B * T, 7);

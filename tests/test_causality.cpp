@@ -10,7 +10,7 @@ using Model = mm::MemMamba<float>;
 
 // Causality: changing token t changes no output before t (and does change outputs after it).
 void check_causality(bool notes) {
-  Model m(mmtest::small_config(notes), 21);
+  Model m = mmtest::live_model<float>(mmtest::small_config(notes), 21);
   const int64_t T_ = 120, V = m.config().vocab;
   auto tok = mmtest::random_tokens(T_, 8);
   std::vector<float> base(size_t(T_ * V));

@@ -55,7 +55,7 @@ void expect_same_pools(const mm::StreamState<float>& a, const mm::StreamState<fl
 }
 
 void check_random_splits(bool notes) {
-  Model m(mmtest::small_config(notes), 11);
+  Model m = mmtest::live_model<float>(mmtest::small_config(notes), 11);
   const int64_t B = 2, T_ = 203;  // 203: the last chunk (C = 8) is unfinished
   auto tok = mmtest::random_tokens(B * T_, 5);
   auto st_whole = m.new_state(B);
@@ -82,7 +82,7 @@ TEST(Streaming, RandomPiecesMatchTheWholePassNotesOn) { check_random_splits(true
 TEST(Streaming, RandomPiecesMatchTheWholePassNotesOff) { check_random_splits(false); }
 
 TEST(Streaming, OneTokenAtATimeMatchesTheWholePass) {
-  Model m(mmtest::small_config(true), 3);
+  Model m = mmtest::live_model<float>(mmtest::small_config(true), 3);
   const int64_t T_ = 70;
   auto tok = mmtest::random_tokens(T_, 9);
   auto st_whole = m.new_state(1);
@@ -94,7 +94,7 @@ TEST(Streaming, OneTokenAtATimeMatchesTheWholePass) {
 }
 
 TEST(Streaming, TrainingPassGivesTheSameLogitsAsInference) {
-  Model m(mmtest::small_config(true), 4);
+  Model m = mmtest::live_model<float>(mmtest::small_config(true), 4);
   const int64_t B = 2, T_ = 50;
   auto tok = mmtest::random_tokens(B * T_, 2);
   auto st = m.new_state(B);

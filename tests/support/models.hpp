@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "model/config.hpp"
+#include "model/memmamba.hpp"
 
 namespace mmtest {
 
@@ -35,6 +36,19 @@ inline std::vector<int32_t> random_tokens(int64_t n, uint64_t seed) {
   for (int64_t i = 7; i < n; i += 37) t[size_t(i)] = 5;
   t[0] = 6;
   return t;
+}
+
+// Freshly initialised model whose note reads are live: initialisation zeroes the reads' output
+// projections, which would make every read invisible to tests of logits.
+template <typename T>
+mm::MemMamba<T> live_model(const mm::Config& cfg, uint64_t seed) {
+  mm::MemMamba<T> m(cfg, seed);
+  std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
+  std::uniform_real_distribution<double> u(-0.3, 0.3);
+  for (const auto& p : m.table().entries())
+    if (p.name.size() > 9 && p.name.compare(p.name.size() - 9, 9, ".o.weight") == 0)
+      for (size_t i = 0; i < p.size; ++i) m.params()[p.offset + i] = T(u(rng));
+  return m;
 }
 
 }  // namespace mmtest
