@@ -1,0 +1,118 @@
+// Causal depthwise conv1d + bias + SiLU. One thread per (channel, run of kSteps time steps):
+// the k−1 previous inputs stay in registers as a sliding window. A second kernel, one thread
+// per (batch, channel), rewrites the tail to the piece's last k−1 inputs (reaching into the
+// old tail when the piece is shorter than k−1); it runs after the first on the same stream.
+#include "kernels/cuda/common.cuh"
+
+namespace mm::cuda {
+
+namespace {
+
+constexpr int kThreads = 128;  // channels per block
+constexpr int kSteps = 16;     // time steps per thread
+constexpr int kMaxK = 8;
+
+template <int K, typename OutT>
+__global__ void __launch_bounds__(kThreads)
+conv1d_silu_kernel(OutT* __restrict__ out, float* __restrict__ out_f32,
+                   const float* __restrict__ tail, const float* __restrict__ a, int64_t lda,
+                   const float* __restrict__ w, const float* __restrict__ bias, int64_t T,
+                   int64_t E, int64_t n_tblk, int64_t n_eblk) {
+  int64_t blk = blockIdx.x;
+  const int64_t eb = blk % n_eblk;
+  blk /= n_eblk;
+  const int64_t tb = blk % n_tblk;
+  const int64_t b = blk / n_tblk;
+  const int64_t e = eb * kThreads + threadIdx.x;
+  if (e >= E) return;
+  const int64_t t0 = tb * kSteps;
+  const int64_t t1 = min(T, t0 + kSteps);
+  float wk[K];
+#pragma unroll
+  for (int i = 0; i < K; ++i) wk[i] = w[e * K + i];
+  const float bs = bias[e];
+  float win[K];
+#pragma unroll
+  for (int i = 0; i < K - 1; ++i) {
+    const int64_t s = t0 - (K - 1) + i;
+    win[i] = s >= 0 ? a[(b * T + s) * lda + e] : tail[(b * (K - 1) + (K - 1 + s)) * E + e];
+  }
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t row = b * T + t;
+    win[K - 1] = a[row * lda + e];
+    float acc = bs;
+#pragma unroll
+    for (int i = 0; i < K; ++i) acc = fmaf(wk[i], win[i], acc);
+    const float v = detail::silu_f(acc);
+    detail::store(out + row * E + e, v);
+    if (out_f32) out_f32[row * E + e] = v;
+#pragma unroll
+    for (int i = 0; i < K - 1; ++i) win[i] = win[i + 1];
+  }
+}
+
+template <int K>
+__global__ void conv1d_tail_kernel(float* __restrict__ tail, const float* __restrict__ a,
+                                   int64_t lda, int64_t B, int64_t T, int64_t E) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= B * E) return;
+  const int64_t b = i / E, e = i % E;
+  float v[K > 1 ? K - 1 : 1];
+#pragma unroll
+  for (int j = 0; j < K - 1; ++j) {
+    const int64_t s = T - (K - 1) + j;
+    v[j] = s >= 0 ? a[(b * T + s) * lda + e] : tail[(b * (K - 1) + (K - 1 + s)) * E + e];
+  }
+#pragma unroll
+  for (int j = 0; j < K - 1; ++j) tail[(b * (K - 1) + j) * E + e] = v[j];
+}
+
+template <int K, typename OutT>
+void launch(void* out, float* out_f32, float* tail, const float* a, int64_t lda, const float* w,
+            const float* bias, int64_t B, int64_t T, int64_t E) {
+  const int64_t n_tblk = (T + kSteps - 1) / kSteps, n_eblk = (E + kThreads - 1) / kThreads;
+  const int64_t blocks = B * n_tblk * n_eblk;
+  detail::require(blocks < (int64_t(1) << 31), "conv1d_silu_forward", "too large (B·T·E)");
+  conv1d_silu_kernel<K, OutT><<<unsigned(blocks), kThreads>>>(
+      static_cast<OutT*>(out), out_f32, tail, a, lda, w, bias, T, E, n_tblk, n_eblk);
+  MM_CUDA_LAUNCH_CHECK("conv1d_silu_kernel");
+  if (K > 1) {
+    conv1d_tail_kernel<K><<<detail::blocks_for(B * E, 256), 256>>>(tail, a, lda, B, T, E);
+    MM_CUDA_LAUNCH_CHECK("conv1d_tail_kernel");
+  }
+}
+
+template <int K>
+void dispatch_dtype(void* out, DType odt, float* out_f32, float* tail, const float* a, int64_t lda,
+                    const float* w, const float* bias, int64_t B, int64_t T, int64_t E) {
+  if (odt == DType::f32) launch<K, float>(out, out_f32, tail, a, lda, w, bias, B, T, E);
+  else launch<K, __nv_bfloat16>(out, out_f32, tail, a, lda, w, bias, B, T, E);
+}
+
+}  // namespace
+
+void conv1d_silu_forward(void* out, DType odt, float* out_f32, float* tail, const float* a,
+                         int64_t lda, const float* w, const float* bias, int64_t B, int64_t T,
+                         int64_t E, int64_t k) {
+  using detail::require;
+  require(B > 0 && T > 0 && E > 0, "conv1d_silu_forward",
+          "sizes must be positive (B=" + std::to_string(B) + ", T=" + std::to_string(T) +
+              ", E=" + std::to_string(E) + ")");
+  require(k >= 1 && k <= kMaxK, "conv1d_silu_forward",
+          "conv width k=" + std::to_string(k) + " not supported (1.." + std::to_string(kMaxK) + ")");
+  require(lda >= E, "conv1d_silu_forward", "lda " + std::to_string(lda) + " < E " + std::to_string(E));
+  require(out && a && w && bias, "conv1d_silu_forward", "null pointer");
+  require(k == 1 || tail, "conv1d_silu_forward", "tail is required when k > 1");
+  switch (k) {
+    case 1: return dispatch_dtype<1>(out, odt, out_f32, tail, a, lda, w, bias, B, T, E);
+    case 2: return dispatch_dtype<2>(out, odt, out_f32, tail, a, lda, w, bias, B, T, E);
+    case 3: return dispatch_dtype<3>(out, odt, out_f32, tail, a, lda, w, bias, B, T, E);
+    case 4: return dispatch_dtype<4>(out, odt, out_f32, tail, a, lda, w, bias, B, T, E);
+    case 5: return dispatch_dtype<5>(out, odt, out_f32, tail, a, lda, w, bias, B, T, E);
+    case 6: return dispatch_dtype<6>(out, odt, out_f32, tail, a, lda, w, bias, B, T, E);
+    case 7: return dispatch_dtype<7>(out, odt, out_f32, tail, a, lda, w, bias, B, T, E);
+    case 8: return dispatch_dtype<8>(out, odt, out_f32, tail, a, lda, w, bias, B, T, E);
+  }
+}
+
+}  // namespace mm::cuda

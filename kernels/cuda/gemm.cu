@@ -1,0 +1,175 @@
+// linear_forward through cuBLASLt. Row-major out (M×O) = in (M×I) · Wᵀ is, in cuBLAS's
+// column-major terms, outᵀ (O×M, ld ld_out) = op_T(W as I×O, ld I) · inᵀ (I×M, ld ld_in).
+// fp32 inputs: A/B/C/D fp32 with CUBLAS_COMPUTE_32F (no TF32) — the parity path.
+// bf16 inputs: A/B bf16, C/D fp32, CUBLAS_COMPUTE_32F. Bias through CUBLASLT_EPILOGUE_BIAS
+// (falls back to a separate add when no algorithm takes it); accumulate: beta = 1.
+// The handle, a 32 MiB workspace and the chosen algorithm per shape are cached. Shapes whose
+// alignment cuBLASLt takes no algorithm for (e.g. odd bf16 row strides) go to cublasGemmEx.
+#include <cublasLt.h>
+#include <cublas_v2.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "kernels/cuda/common.cuh"
+
+#define MM_CUBLAS_CHECK(call)                                                               \
+  do {                                                                                      \
+    cublasStatus_t mm_st_ = (call);                                                         \
+    if (mm_st_ != CUBLAS_STATUS_SUCCESS)                                                    \
+      throw mm::Error(std::string("cuBLASLt: ") + #call + " failed: " +                      \
+                      cublasGetStatusName(mm_st_) + ": " + cublasGetStatusString(mm_st_));   \
+  } while (0)
+
+namespace mm::cuda {
+
+namespace {
+
+constexpr size_t kWorkspace = size_t(32) << 20;
+
+struct Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool bias_epilogue = false;
+  bool lt = true;  // false: cuBLAS's cublasGemmEx (any alignment), when cuBLASLt has no algorithm
+};
+
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, int, int>;
+
+struct Lt {
+  cublasLtHandle_t handle = nullptr;
+  cublasHandle_t blas = nullptr;  // created on first use by the fallback
+  void* workspace = nullptr;
+  std::mutex mu;
+  std::map<Key, Plan> plans;
+  Lt() {
+    MM_CUBLAS_CHECK(cublasLtCreate(&handle));
+    workspace = device_alloc(kWorkspace);
+  }
+  // Process-lifetime singleton: never destroyed (the CUDA context may already be gone at exit).
+};
+
+Lt& lt() {
+  static Lt* l = new Lt();
+  return *l;
+}
+
+int alignment_of(const void* p, int64_t ld, size_t elem) {
+  const uintptr_t v = reinterpret_cast<uintptr_t>(p) | uintptr_t(ld * int64_t(elem));
+  int a = 256;
+  while (a > 1 && (v % uintptr_t(a)) != 0) a /= 2;
+  return a;
+}
+
+// Builds the descriptors and asks the heuristic for an algorithm; false when none fits.
+bool make_plan(Lt& l, Plan& p, int64_t M, int64_t I, int64_t O, int64_t ld_in, int64_t ld_out,
+               DType dt, bool bias, int al_in, int al_w, int al_out, int al_bias) {
+  const cudaDataType_t ab = dt == DType::f32 ? CUDA_R_32F : CUDA_R_16BF;
+  MM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  MM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+  MM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+  if (bias) {
+    const cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+    const cudaDataType_t bt = CUDA_R_32F;
+    MM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+    MM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+  }
+  MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, ab, uint64_t(I), uint64_t(O), I));
+  MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, ab, uint64_t(I), uint64_t(M), ld_in));
+  MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, uint64_t(O), uint64_t(M), ld_out));
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = kWorkspace;
+  const uint32_t a_al = uint32_t(al_w), b_al = uint32_t(al_in), c_al = uint32_t(al_out);
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a_al, sizeof a_al));
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &b_al, sizeof b_al));
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &c_al, sizeof c_al));
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &c_al, sizeof c_al));
+  (void)al_bias;
+  cublasLtMatmulHeuristicResult_t res{};
+  int found = 0;
+  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(l.handle, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.op);
+    p = Plan{};
+    return false;
+  }
+  p.algo = res.algo;
+  p.bias_epilogue = bias;
+  return true;
+}
+
+__global__ void add_bias_kernel(float* __restrict__ out, int64_t ld, const float* __restrict__ bias,
+                                int64_t M, int64_t O) {
+  const int64_t n = M * O;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / O, c = i % O;
+    out[r * ld + c] += bias[c];
+  }
+}
+
+}  // namespace
+
+void linear_forward(float* out, int64_t ld_out, const void* in, int64_t ld_in, const void* W,
+                    const float* bias, int64_t M, int64_t I, int64_t O, DType dtype, bool accumulate) {
+  using detail::require;
+  require(M > 0 && I > 0 && O > 0, "linear_forward",
+          "sizes must be positive (M=" + std::to_string(M) + ", I=" + std::to_string(I) +
+              ", O=" + std::to_string(O) + ")");
+  require(ld_in >= I, "linear_forward", "ld_in " + std::to_string(ld_in) + " < I " + std::to_string(I));
+  require(ld_out >= O, "linear_forward", "ld_out " + std::to_string(ld_out) + " < O " + std::to_string(O));
+  require(out && in && W, "linear_forward", "null pointer");
+  require(M < (int64_t(1) << 31) && ld_in < (int64_t(1) << 31) && ld_out < (int64_t(1) << 31),
+          "linear_forward", "a dimension exceeds 2^31");
+  const size_t eb = dtype_bytes(dtype);
+  const int al_in = alignment_of(in, ld_in, eb), al_w = alignment_of(W, I, eb);
+  const int al_out = alignment_of(out, ld_out, 4), al_bias = bias ? alignment_of(bias, 0, 4) : 256;
+
+  Lt& l = lt();
+  std::lock_guard<std::mutex> lk(l.mu);
+  const Key key{M, I, O, ld_in, ld_out, int(dtype), bias ? 1 : 0, al_in, al_w, al_out, al_bias};
+  auto it = l.plans.find(key);
+  if (it == l.plans.end()) {
+    Plan p;
+    bool ok = make_plan(l, p, M, I, O, ld_in, ld_out, dtype, bias != nullptr, al_in, al_w, al_out, al_bias);
+    if (!ok && bias) ok = make_plan(l, p, M, I, O, ld_in, ld_out, dtype, false, al_in, al_w, al_out, al_bias);
+    if (!ok) p.lt = false;
+    it = l.plans.emplace(key, p).first;
+  }
+  const Plan& p = it->second;
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  if (p.lt) {
+    if (p.bias_epilogue)
+      MM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    MM_CUBLAS_CHECK(cublasLtMatmul(l.handle, p.op, &alpha, W, p.a, in, p.b, &beta, out, p.c, out, p.c,
+                                   &p.algo, l.workspace, kWorkspace, 0));
+  } else {
+    if (!l.blas) {
+      MM_CUBLAS_CHECK(cublasCreate(&l.blas));
+      MM_CUBLAS_CHECK(cublasSetStream(l.blas, 0));
+      MM_CUBLAS_CHECK(cublasSetMathMode(l.blas, CUBLAS_PEDANTIC_MATH));  // no TF32 for fp32
+    }
+    const cudaDataType_t ab = dtype == DType::f32 ? CUDA_R_32F : CUDA_R_16BF;
+    MM_CUBLAS_CHECK(cublasGemmEx(l.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(O), int(M), int(I), &alpha, W, ab,
+                                 int(I), in, ab, int(ld_in), &beta, out, CUDA_R_32F, int(ld_out),
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+  if (bias && !p.bias_epilogue) {
+    const int64_t n = M * O;
+    const unsigned grid = unsigned(std::min<int64_t>((n + 255) / 256, 65535));
+    add_bias_kernel<<<grid, 256>>>(out, ld_out, bias, M, O);
+    MM_CUDA_LAUNCH_CHECK("add_bias_kernel");
+  }
+}
+
+}  // namespace mm::cuda
