@@ -357,21 +357,40 @@ int main(int argc, char** argv) {
           batch.T = L;
           mm::recall::make_batch(rng, a.batch, L, batch.tokens, batch.targets);
           const bool report = step % a.print_every == 0 || i + 1 == a.steps[stage];
-          std::string recall = "";
+          std::string recall = "", notes_line;
           if (report) {  // recall of this batch under the parameters the step starts from
             std::vector<float> logits(size_t(batch.B * L * cfg.vocab));
-            model.forward(batch.tokens.data(), batch.B, L, logits.data());
+            mm::Taps<float> taps;
+            model.forward(batch.tokens.data(), batch.B, L, logits.data(), nullptr, cfg.notes ? &taps : nullptr);
             const Hits h = recall_hits(logits.data(), batch.tokens.data(), batch.B, L, 0, L, cfg.vocab);
             recall = pct(double(h.correct) / double(h.total));
+            // Notes trajectory (batch element 0): mean key / gap score and the pool the query
+            // BOS reads (slots used, of them key positions).
+            const mm::recall::Layout lay{L};
+            for (int l = 0; cfg.notes && l < cfg.n_layer; ++l) {
+              const auto& tl = taps.layers[size_t(l)];
+              Mean ks, gs;
+              for (int64_t t = 0; t < L; ++t)
+                if (lay.is_key(t)) ks.add(tl.score[size_t(t)]);
+                else if (lay.is_gap(t)) gs.add(tl.score[size_t(t)]);
+              size_t seg = 0;
+              while (seg + 1 < tl.segment_start.size() && tl.segment_start[seg + 1] <= lay.first_scored()) ++seg;
+              int64_t key = 0;
+              for (int64_t p : tl.pool_read[seg]) key += lay.is_key(p);
+              char buf[128];
+              std::snprintf(buf, sizeof buf, "  L%d score key %.3f gap %.3f pool %zu (key %lld)", l,
+                            ks.get(), gs.get(), tl.pool_read[seg].size(), (long long)key);
+              notes_line += buf;
+            }
           }
           const mm::StepResult r = trainer.step([&](int64_t) { return batch; });
           loss_window.add(r.loss);
           if (report) {
             const double per = since(t_window) / double(loss_window.n);
             std::fprintf(stderr,
-                         "step %5lld  len %6lld  loss %.4f  (mean of %lld: %.4f)  recall %s  |g| %.3f  lr %.2e  %.2f s/step  %.0f s\n",
+                         "step %5lld  len %6lld  loss %.4f  (mean of %lld: %.4f)  recall %s  |g| %.3f  lr %.2e  %.2f s/step  %.0f s%s\n",
                          (long long)step, (long long)L, r.loss, (long long)loss_window.n, loss_window.get(),
-                         recall.c_str(), r.grad_norm, r.lr, per, since(t_start));
+                         recall.c_str(), r.grad_norm, r.lr, per, since(t_start), notes_line.c_str());
             loss_window = {};
             t_window = Clock::now();
           }
