@@ -1,0 +1,219 @@
+// memmamba pretrain: argument parsing for pipelines/pretrain (CPU training).
+#include <tbb/global_control.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "apps/cli.hpp"
+#include "apps/commands.hpp"
+#include "pipelines/pretrain.hpp"
+
+namespace mm::cli {
+
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal) {  // a second signal: stop at once
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  g_stop_signal = sig;
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+int positive_int(const Args& a, const std::string& name) {
+  long v = a.get_int(name);
+  if (v < 0 || v > 1 << 24) throw UsageError("--" + name + " wants a non-negative integer, got " + std::to_string(v));
+  return int(v);
+}
+
+}  // namespace
+
+int pretrain_main(int argc, char** argv) {
+  const Config d = Config::tiny();
+  const TrainConfig t;
+  Args args("pretrain", "[options] -o DIR <in.fa[.gz]|in.bam|in.cram>...",
+            {{'o', "output", "DIR", "checkpoint folder (step-N.safetensors, .state.safetensors, .md)", ""},
+             {'R', "regions", "BED", "train only on these regions", ""},
+             {0, "exclude", "BED", "never use these regions", ""},
+             {0, "valid-regions", "BED", "hold these regions out for validation", ""},
+             {0, "valid-region", "LIST", "hold out chr:beg-end regions (comma-separated, 1-based)", ""},
+             {0, "valid-contigs", "LIST", "hold out whole contigs (comma-separated)", ""},
+             {'q', "min-MQ", "INT", "BAM/CRAM: skip reads with MAPQ below this", "0"},
+             {'f', "require-flags", "INT", "BAM/CRAM: only reads with all these flag bits", "0"},
+             {'F', "exclude-flags", "INT", "BAM/CRAM: skip reads with any of these flag bits", "0"},
+             {0, "primary-only", "", "BAM/CRAM: skip secondary and supplementary reads", ""},
+             {'T', "reference", "FASTA", "reference for CRAM decoding", ""},
+             {0, "config", "JSON", "model config file (fields not given keep the defaults)", ""},
+             {0, "d-model", "INT", "model width d", std::to_string(d.d_model)},
+             {0, "layers", "INT", "number of layers", std::to_string(d.n_layer)},
+             {0, "expand", "INT", "mixer expansion E/d", std::to_string(d.expand)},
+             {0, "d-state", "INT", "SSM state size N", std::to_string(d.d_state)},
+             {0, "d-conv", "INT", "conv width k", std::to_string(d.d_conv)},
+             {0, "pool-slots", "INT", "note pool slots K", std::to_string(d.pool_slots)},
+             {0, "summary-dim", "INT", "note summary width d_s", std::to_string(d.summary_dim)},
+             {0, "note-heads", "INT", "note read heads H", std::to_string(d.note_heads)},
+             {0, "memory-chunk", "INT", "note write chunk C", std::to_string(d.memory_chunk)},
+             {0, "cross-period", "INT", "cross-layer read period p (0: none)", std::to_string(d.cross_layer_period)},
+             {0, "notes", "on|off", "note pool (off: plain Mamba)", "on"},
+             {0, "window", "INT", "bases per training window (up to 1048576)", "1024"},
+             {0, "stride", "INT", "window starts lie on multiples of this within an interval", "1"},
+             {0, "batch", "INT", "windows per micro-batch", "8"},
+             {0, "max-n", "FLOAT", "redraw windows with a larger fraction of N", "0.1"},
+             {0, "rc-prob", "FLOAT", "probability of reverse-complementing a window", "0.5"},
+             {0, "lr", "FLOAT", "peak learning rate (AdamW)", "0.001"},
+             {0, "min-lr-ratio", "FLOAT", "cosine floor as a fraction of --lr", "0.1"},
+             {0, "warmup", "INT", "linear warmup steps", std::to_string(t.warmup_steps)},
+             {0, "steps", "INT", "optimizer steps in all (sets the cosine schedule)", std::to_string(t.total_steps)},
+             {0, "weight-decay", "FLOAT", "AdamW weight decay", "0.1"},
+             {0, "clip", "FLOAT", "max global gradient norm (0: no clipping)", "1"},
+             {0, "accumulate", "INT", "micro-batches per optimizer step", "1"},
+             {0, "seed", "INT", "seed of the initial weights and of the data order", "1"},
+             {0, "save-every", "INT", "checkpoint every this many steps (and at the end)", "1000"},
+             {0, "keep", "INT", "keep the last this many checkpoints", "3"},
+             {0, "eval-every", "INT", "validation bits/base every this many steps (and at the end)", "1000"},
+             {0, "valid-windows", "INT", "at most this many validation windows, evenly spread (0: all)", "64"},
+             {0, "metrics", "FILE", "JSON-lines metrics, appended [DIR/metrics.jsonl]", ""},
+             {0, "resume", "PATH", "continue from a checkpoint file or a folder's latest checkpoint", ""},
+             {0, "stop-at", "INT", "stop after this step with a checkpoint, as if interrupted (0: no)", "0"},
+             {0, "no-markov", "", "skip the k-mer Markov reference", ""},
+             {0, "markov-only", "", "print the Markov reference by order and stop (no training)", ""},
+             {0, "markov-max-order", "INT", "highest Markov order tried", "12"},
+             {0, "markov-smoothing", "NAME", "witten-bell or additive", "witten-bell"},
+             {'@', "threads", "INT", "CPU threads (0: all cores)", "0"},
+             {0, "device", "DEV", "auto or cpu (training runs on the CPU backend)", "auto"},
+             {0, "quiet", "", "no notes on stderr", ""}});
+  return run("pretrain", argc, argv, [&] {
+    if (!args.parse(argc, argv)) {
+      std::cout << args.help();
+      return 0;
+    }
+    const std::string dev = args.get("device");
+    if (dev.rfind("cuda", 0) == 0)
+      throw UsageError("--device " + dev + ": training runs on the CPU backend in this build (the CUDA backend has "
+                       "forward passes only); use --device cpu or auto");
+    if (dev != "auto" && dev != "cpu") throw UsageError("--device wants auto or cpu, got '" + dev + "'");
+
+    pipelines::PretrainOptions o;
+    o.data.inputs = args.positional();
+    if (o.data.inputs.empty()) throw UsageError("no input files (see 'memmamba pretrain --help')");
+    o.data.regions_bed = args.get("regions");
+    o.data.exclude_bed = args.get("exclude");
+    o.data.valid_bed = args.get("valid-regions");
+    o.data.valid_regions = split_list(args.get("valid-region"));
+    o.data.valid_contigs = split_list(args.get("valid-contigs"));
+    o.data.bam.min_mapq = positive_int(args, "min-MQ");
+    o.data.bam.require_flags = uint16_t(positive_int(args, "require-flags"));
+    o.data.bam.exclude_flags = uint16_t(positive_int(args, "exclude-flags"));
+    o.data.bam.primary_only = args.flag("primary-only");
+    o.data.bam.reference = args.get("reference");
+
+    Config c = Config::tiny();
+    if (args.has("config")) {
+      std::ifstream in(args.get("config"));
+      if (!in) throw Error("cannot read the config file", args.get("config"));
+      std::stringstream ss;
+      ss << in.rdbuf();
+      c = Config::from_json(ss.str(), args.get("config"));
+      o.model_given = true;
+    }
+    auto set = [&](const char* name, int& field) {
+      if (args.has(name)) {
+        field = positive_int(args, name);
+        o.model_given = true;
+      }
+    };
+    set("d-model", c.d_model);
+    set("layers", c.n_layer);
+    set("expand", c.expand);
+    set("d-state", c.d_state);
+    set("d-conv", c.d_conv);
+    set("pool-slots", c.pool_slots);
+    set("summary-dim", c.summary_dim);
+    set("note-heads", c.note_heads);
+    set("memory-chunk", c.memory_chunk);
+    set("cross-period", c.cross_layer_period);
+    if (args.has("notes")) {
+      const std::string v = args.get("notes");
+      if (v != "on" && v != "off") throw UsageError("--notes wants on or off, got '" + v + "'");
+      c.notes = v == "on";
+      o.model_given = true;
+    }
+    try {
+      c.validate();
+    } catch (const Error& e) {
+      throw UsageError(std::string("bad model config: ") + e.what());
+    }
+    o.model = c;
+
+    o.train.lr = args.get_double("lr");
+    o.train.min_lr_ratio = args.get_double("min-lr-ratio");
+    o.train.warmup_steps = args.get_int("warmup");
+    o.train.total_steps = args.get_int("steps");
+    o.train.weight_decay = args.get_double("weight-decay");
+    o.train.clip = args.get_double("clip");
+    o.train.accumulation = args.get_int("accumulate");
+    o.windows.length = args.get_int("window");
+    o.windows.stride = args.get_int("stride");
+    o.windows.max_n_fraction = args.get_double("max-n");
+    o.windows.rc_prob = args.get_double("rc-prob");
+    o.windows.seed = uint64_t(args.get_int("seed"));
+    o.batch = args.get_int("batch");
+    o.output = args.get("output");
+    o.metrics = args.get("metrics");
+    o.save_every = args.get_int("save-every");
+    o.keep = args.get_int("keep");
+    o.eval_every = args.get_int("eval-every");
+    o.valid_windows = args.get_int("valid-windows");
+    o.resume = args.get("resume");
+    o.stop_at = args.get_int("stop-at");
+    o.markov = !args.flag("no-markov");
+    o.markov_only = args.flag("markov-only");
+    o.markov_max_order = int(args.get_int("markov-max-order"));
+    const std::string sm = args.get("markov-smoothing");
+    if (sm == "witten-bell") o.markov_smoothing = pipelines::MarkovSmoothing::witten_bell;
+    else if (sm == "additive") o.markov_smoothing = pipelines::MarkovSmoothing::additive;
+    else throw UsageError("--markov-smoothing wants witten-bell or additive, got '" + sm + "'");
+    o.command = command_line(argc, argv);
+    o.command.insert(std::string("memmamba").size(), " pretrain");
+    if (const char* p = std::getenv("MEMMAMBA_TEST_POISON_STEP")) o.poison_step = std::atoll(p);
+
+    const long threads = args.get_int("threads");
+    if (threads < 0) throw UsageError("--threads must not be negative");
+    tbb::global_control limit(tbb::global_control::max_allowed_parallelism,
+                              threads > 0 ? size_t(threads) : std::max(1u, std::thread::hardware_concurrency()));
+
+    g_stop_signal = 0;
+    std::signal(SIGINT, on_stop_signal);
+    std::signal(SIGTERM, on_stop_signal);
+    o.should_stop = [] { return g_stop_signal != 0; };
+
+    const Reporter rep = stderr_reporter("pretrain", args.flag("quiet"));
+    auto r = pipelines::pretrain(o, rep);
+    if (o.markov_only) {
+      std::cout << "order\tbits_per_base\n";
+      for (size_t k = 0; k < r.markov->by_order.size(); ++k)
+        std::cout << k << "\t" << r.markov->by_order[k] << (int(k) == r.markov->order ? "\tbest" : "") << "\n";
+      return 0;
+    }
+    if (r.interrupted) return 128 + int(g_stop_signal);
+    return 0;
+  });
+}
+
+}  // namespace mm::cli
