@@ -69,6 +69,30 @@ struct Args {
   float* sd;  // B×nchunks×E: ΣΔ per chunk
 };
 
+// Stages B (and C) of kTile steps through shared memory. With PF, the next tile's values are
+// loaded into registers before the current tile is computed, so their latency is hidden.
+template <int N, bool PF>
+struct Stager {
+  static constexpr int kPer = (kTile * N + kThreads - 1) / kThreads;
+  float r[kPer];
+  __device__ __forceinline__ void fetch(const float* __restrict__ src, int64_t ld, int64_t row0,
+                                        int nsteps) {
+#pragma unroll
+    for (int q = 0; q < kPer; ++q) {
+      const int idx = threadIdx.x + q * kThreads;
+      const int i = idx / N, n = idx % N;
+      r[q] = (idx < kTile * N && i < nsteps) ? __ldg(src + (row0 + i) * ld + n) : 0.f;
+    }
+  }
+  __device__ __forceinline__ void commit(float* __restrict__ s) const {
+#pragma unroll
+    for (int q = 0; q < kPer; ++q) {
+      const int idx = threadIdx.x + q * kThreads;
+      if (idx < kTile * N) s[idx] = r[q];
+    }
+  }
+};
+
 template <int N>
 __device__ __forceinline__ void load_tile(float* __restrict__ s, const float* __restrict__ src,
                                           int64_t ld, int64_t row0, int nsteps) {
@@ -78,8 +102,8 @@ __device__ __forceinline__ void load_tile(float* __restrict__ s, const float* __
   }
 }
 
-template <int N, int P>
-__global__ void __launch_bounds__(kThreads) scan_pass1(Args a) {
+template <int N, int P, bool PF>
+__global__ void __launch_bounds__(kThreads, 4) scan_pass1(Args a) {
   __shared__ __align__(16) float Bs[kTile * N];
   const int64_t b = blockIdx.y;
   const int64_t c = blockIdx.x / a.n_eblk;
@@ -93,11 +117,20 @@ __global__ void __launch_bounds__(kThreads) scan_pass1(Args a) {
     h[n] = 0.f;
   }
   float S = 0.f;
+  Stager<N, PF> sb;
+  if constexpr (PF) sb.fetch(a.Bm, a.ld_bc, b * a.T + t0, int(min(int64_t(kTile), t1 - t0)));
   for (int64_t ts = t0; ts < t1; ts += kTile) {
     const int nsteps = int(min(int64_t(kTile), t1 - ts));
     __syncthreads();
-    load_tile<N>(Bs, a.Bm, a.ld_bc, b * a.T + ts, nsteps);
-    __syncthreads();
+    if constexpr (PF) {
+      sb.commit(Bs);
+      __syncthreads();
+      if (ts + kTile < t1)
+        sb.fetch(a.Bm, a.ld_bc, b * a.T + ts + kTile, int(min(int64_t(kTile), t1 - ts - kTile)));
+    } else {
+      load_tile<N>(Bs, a.Bm, a.ld_bc, b * a.T + ts, nsteps);
+      __syncthreads();
+    }
     if (!active) continue;
     for (int g = 0; g < nsteps; g += kGroup) {
       float uu[kGroup], dd[kGroup];
@@ -158,8 +191,8 @@ __global__ void scan_pass2(Args a, int64_t B, int N) {
   }
 }
 
-template <int N, int P, typename OutT>
-__global__ void __launch_bounds__(kThreads) scan_pass3(Args a) {
+template <int N, int P, bool PF, typename OutT>
+__global__ void __launch_bounds__(kThreads, 4) scan_pass3(Args a) {
   __shared__ __align__(16) float Bs[kTile * N];
   __shared__ __align__(16) float Cs[kTile * N];
   const int64_t b = blockIdx.y;
@@ -176,12 +209,29 @@ __global__ void __launch_bounds__(kThreads) scan_pass3(Args a) {
     h[n] = active ? h0[n] : 0.f;
   }
   const float De = active ? a.D[e] : 0.f;
+  Stager<N, PF> sb, sc;
+  if constexpr (PF) {
+    const int n0 = int(min(int64_t(kTile), t1 - t0));
+    sb.fetch(a.Bm, a.ld_bc, b * a.T + t0, n0);
+    sc.fetch(a.Cm, a.ld_bc, b * a.T + t0, n0);
+  }
   for (int64_t ts = t0; ts < t1; ts += kTile) {
     const int nsteps = int(min(int64_t(kTile), t1 - ts));
     __syncthreads();
-    load_tile<N>(Bs, a.Bm, a.ld_bc, b * a.T + ts, nsteps);
-    load_tile<N>(Cs, a.Cm, a.ld_bc, b * a.T + ts, nsteps);
-    __syncthreads();
+    if constexpr (PF) {
+      sb.commit(Bs);
+      sc.commit(Cs);
+      __syncthreads();
+      if (ts + kTile < t1) {
+        const int nn = int(min(int64_t(kTile), t1 - ts - kTile));
+        sb.fetch(a.Bm, a.ld_bc, b * a.T + ts + kTile, nn);
+        sc.fetch(a.Cm, a.ld_bc, b * a.T + ts + kTile, nn);
+      }
+    } else {
+      load_tile<N>(Bs, a.Bm, a.ld_bc, b * a.T + ts, nsteps);
+      load_tile<N>(Cs, a.Cm, a.ld_bc, b * a.T + ts, nsteps);
+      __syncthreads();
+    }
     if (!active) continue;
     for (int g = 0; g < nsteps; g += kGroup) {
       float uu[kGroup], dd[kGroup], zz[kGroup];
@@ -228,32 +278,37 @@ Buffer<float>& scratch() {
   return *s;
 }
 
-// Tuning knobs, read once (for benchmarks): MM_CUDA_SCAN_POLY = P (0, 2, 3, 4: every P-th
-// state's exp on the FMA pipe), MM_CUDA_SCAN_BLOCKS_PER_SM = blocks per SM aimed for when
+// Tuning knobs, read once (for benchmarks): MM_CUDA_SCAN_POLY = P (0 or 4: every P-th state's
+// exp on the FMA pipe; measured slower on the H100, so off), MM_CUDA_SCAN_PREFETCH (1: the
+// next B/C tile is loaded during the current one), MM_CUDA_SCAN_BLOCKS_PER_SM = blocks per SM aimed for when
 // choosing the number of chunks.
 int env_int(const char* name, int dflt) {
   const char* v = std::getenv(name);
   return v && *v ? std::atoi(v) : dflt;
 }
 int poly_every() {
-  static const int p = env_int("MM_CUDA_SCAN_POLY", 4);
+  static const int p = env_int("MM_CUDA_SCAN_POLY", 0);
+  return p;
+}
+bool prefetch() {
+  static const bool p = env_int("MM_CUDA_SCAN_PREFETCH", 1) != 0;
   return p;
 }
 int blocks_per_sm() {
-  static const int b = std::max(1, env_int("MM_CUDA_SCAN_BLOCKS_PER_SM", 32));
+  static const int b = std::max(1, env_int("MM_CUDA_SCAN_BLOCKS_PER_SM", 64));
   return b;
 }
 
-template <int N, int P>
+template <int N, int P, bool PF>
 void launch_passes(const Args& a, DType odt, int64_t B, const dim3& grid) {
   if (a.nchunks > 1) {
-    scan_pass1<N, P><<<grid, kThreads>>>(a);
+    scan_pass1<N, P, PF><<<grid, kThreads>>>(a);
     MM_CUDA_LAUNCH_CHECK("scan_pass1");
     scan_pass2<<<detail::blocks_for(B * a.E * N, 256), 256>>>(a, B, N);
     MM_CUDA_LAUNCH_CHECK("scan_pass2");
   }
-  if (odt == DType::f32) scan_pass3<N, P, float><<<grid, kThreads>>>(a);
-  else scan_pass3<N, P, __nv_bfloat16><<<grid, kThreads>>>(a);
+  if (odt == DType::f32) scan_pass3<N, P, PF, float><<<grid, kThreads>>>(a);
+  else scan_pass3<N, P, PF, __nv_bfloat16><<<grid, kThreads>>>(a);
   MM_CUDA_LAUNCH_CHECK("scan_pass3");
 }
 
@@ -280,12 +335,15 @@ void run(void* out, DType odt, float* h, const float* u, const float* dt, const 
     a.hc = scratch().data();
     a.sd = a.hc + hc_n;
   }
-  switch (poly_every()) {
-    case 0: return launch_passes<N, 0>(a, odt, B, grid);
-    case 2: return launch_passes<N, 2>(a, odt, B, grid);
-    case 3: return launch_passes<N, 3>(a, odt, B, grid);
-    default: return launch_passes<N, 4>(a, odt, B, grid);
+  // N = 32 keeps no registers to spare for the prefetch (it would spill).
+  if constexpr (N <= 16) {
+    if (prefetch()) {
+      if (poly_every() == 4) return launch_passes<N, 4, true>(a, odt, B, grid);
+      return launch_passes<N, 0, true>(a, odt, B, grid);
+    }
   }
+  if (poly_every() == 4) return launch_passes<N, 4, false>(a, odt, B, grid);
+  return launch_passes<N, 0, false>(a, odt, B, grid);
 }
 
 }  // namespace
