@@ -374,3 +374,34 @@ TEST(Pretrain, NanLossStopsWithAClearMessageAndKeepsTheLastGoodCheckpoint) {
   EXPECT_FALSE(fs::exists(dir / "nan" / "step-00000003.safetensors"));
   EXPECT_EQ(lines_of(mmtest::read_text(dir / "nan" / "metrics.jsonl")).size(), 2u);
 }
+
+TEST(Pretrain, AlignmentReadsAreSequencesWithFiltersAndHeldOutRegions) {
+  const fs::path dir = mmtest::scratch("pretrain_sam");
+  const std::string r1 = random_dna(50, 11), r2 = random_dna(50, 12), r3 = random_dna(50, 13),
+                    r4 = random_dna(50, 14), r5 = random_dna(50, 15);
+  const std::string q(50, 'I');
+  mmtest::write_text(dir / "in.sam",
+                     "@HD\tVN:1.6\tSO:coordinate\n@SQ\tSN:c1\tLN:1000\n"
+                     "r1\t0\tc1\t101\t60\t50M\t*\t0\t0\t" + r1 + "\t" + q + "\n"
+                     "r2\t0\tc1\t301\t5\t50M\t*\t0\t0\t" + r2 + "\t" + q + "\n"      // MAPQ below -q
+                     "r3\t256\tc1\t501\t60\t50M\t*\t0\t0\t" + r3 + "\t" + q + "\n"   // secondary
+                     "r4\t0\tc1\t801\t60\t50M\t*\t0\t0\t" + r4 + "\t" + q + "\n"     // held out
+                     "r5\t4\t*\t0\t20\t*\t*\t0\t0\t" + r5 + "\t" + q + "\n");         // unplaced
+  mm::pipelines::DataOptions o;
+  o.inputs = {(dir / "in.sam").string()};
+  o.bam.min_mapq = 10;
+  o.bam.primary_only = true;
+  o.valid_regions = {"c1:840-900"};
+  auto ds = mm::pipelines::load_training_data(o);
+  ASSERT_EQ(ds.train.size(), 1u);
+  ASSERT_EQ(ds.valid.size(), 1u);
+  EXPECT_EQ(mm::io::decode(ds.train[0].tokens), r1 + "^" + r5);  // joined by BOS
+  EXPECT_EQ(mm::io::decode(ds.valid[0].tokens), r4);
+  EXPECT_EQ(ds.train_bases, 100);
+  // With include regions, only reads overlapping them (unplaced reads dropped).
+  mmtest::write_text(dir / "inc.bed", "c1\t100\t120\n");
+  o.regions_bed = (dir / "inc.bed").string();
+  ds = mm::pipelines::load_training_data(o);
+  ASSERT_EQ(ds.train.size(), 1u);
+  EXPECT_EQ(mm::io::decode(ds.train[0].tokens), r1);
+}
