@@ -160,6 +160,13 @@ mm::Config prototype(bool notes) {
 // whose rows start at absolute position row0.
 struct Hits {
   int64_t correct = 0, total = 0;
+  int64_t predicted[5] = {0, 0, 0, 0, 0};  // argmax counts per base (1..4)
+  // Share of the most often predicted base: 1.0 means a constant prediction.
+  double top_share() const {
+    int64_t top = 0;
+    for (int v = 1; v <= 4; ++v) top = std::max(top, predicted[v]);
+    return total ? double(top) / double(total) : 0.0;
+  }
 };
 Hits recall_hits(const float* logits, const int32_t* tokens, int64_t B, int64_t T, int64_t row0,
                  int64_t L, int64_t V) {
@@ -170,7 +177,9 @@ Hits recall_hits(const float* logits, const int32_t* tokens, int64_t B, int64_t 
       const int64_t r = t - row0;
       if (r < 0 || r + 1 >= T) continue;
       const int32_t want = tokens[b * T + r + 1];
-      h.correct += mm::recall::argmax_base(logits + (b * T + r) * V) == want;
+      const int32_t got = mm::recall::argmax_base(logits + (b * T + r) * V);
+      h.correct += got == want;
+      ++h.predicted[got];
       ++h.total;
     }
   return h;
@@ -281,6 +290,7 @@ EvalResult evaluate(mm::MemMamba<float>& model, int64_t L, int64_t n, const Args
     const Hits h = recall_hits(logits.data(), piece.data(), B, L - qc, qc, L, V);
     res.hits.correct += h.correct;
     res.hits.total += h.total;
+    for (int v = 1; v <= 4; ++v) res.hits.predicted[v] += h.predicted[v];
     if (c.notes)  // gates at batch element 0's scored rows, from the layer inputs the taps hold
       for (int l = 0; l < c.n_layer; ++l)
         for (int64_t t = lay.first_scored(); t + 1 < L; ++t) {
@@ -429,10 +439,12 @@ int main(int argc, char** argv) {
 
     const char* name = cfg.notes ? "MemMamba (notes on)" : "Mamba (notes off)";
     std::printf("\n### %s: training %.0f s, evaluation %.0f s\n\n", name, train_s, since(t_start) - train_s);
-    std::printf("| total length | sequences | recall accuracy | eval s |\n|---:|---:|---:|---:|\n");
+    std::printf("| total length | sequences | recall accuracy | most predicted base | eval s |\n"
+                "|---:|---:|---:|---:|---:|\n");
     for (const auto& r : results)
-      std::printf("| %lld | %lld | %s | %.0f |\n", (long long)r.L, (long long)r.n,
-                  pct(double(r.hits.correct) / double(r.hits.total)).c_str(), r.seconds);
+      std::printf("| %lld | %lld | %s | %s | %.0f |\n", (long long)r.L, (long long)r.n,
+                  pct(double(r.hits.correct) / double(r.hits.total)).c_str(), pct(r.hits.top_share()).c_str(),
+                  r.seconds);
     if (cfg.notes) {
       std::printf("\nDiagnostics per layer (scores and gates: batch element 0 of each evaluation batch;"
                   " pool slots: every sequence, the pool the query BOS reads; τ1 = %.2f, K = %d):\n\n",
