@@ -2,6 +2,7 @@
 #include "pipelines/score.hpp"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -458,13 +459,29 @@ void score_streaming(Ctx& c) {
 
 // ---------------------------------------------------------------------------------------------
 
-ScoreStats score(MemMamba<float>& model, const ScoreOptions& o, const Reporter& rep) {
+ScoreStats score(MemMamba<float>& model, const ScoreOptions& options, const Reporter& rep) {
+  ScoreOptions o = options;
   if (o.value == ScoreValue::both && o.format != ScoreFormat::tsv)
     throw UsageError("--value both writes two columns: use -O tsv");
   if (o.context < 0) throw UsageError("--context wants a number of bases >= 0");
   if (o.piece <= 0) throw UsageError("--piece wants a positive number of bases");
   if (o.format == ScoreFormat::bigwig && o.output == "-")
     throw UsageError("bigWig cannot be written to stdout: give -o FILE");
+
+  // Devices and pipes (/dev/null, /dev/stdout, a FIFO) are written in place, as stdout is: the
+  // atomic temp-file-and-rename would replace the device node itself.
+  if (o.output != "-") {
+    struct stat st{};
+    const bool special = o.output.rfind("/dev/", 0) == 0 || o.output.rfind("/proc/", 0) == 0 ||
+                         (::stat(o.output.c_str(), &st) == 0 && !S_ISREG(st.st_mode));
+    if (special) {
+      if (o.format == ScoreFormat::bigwig)
+        throw UsageError("bigWig needs a regular file to write (seekable), not " + o.output);
+      if (!std::freopen(o.output.c_str(), "w", stdout))
+        throw Error(std::string("cannot open output: ") + std::strerror(errno), o.output);
+      o.output = "-";
+    }
+  }
 
   const bool whole = o.regions.empty() && o.regions_bed.empty();
   const bool indexed = !whole || o.strand != ScoreStrand::fwd || o.format == ScoreFormat::bigwig;

@@ -2,13 +2,17 @@
 // edges, N runs, context, output formats read back, errors and atomic output.
 #include <bigWig.h>
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <map>
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "io/tokenizer.hpp"
@@ -560,4 +564,33 @@ TEST(Score, AFailedRunLeavesNoOutputFile) {
   size_t n = 0;
   for (const auto& e : fs::directory_iterator(dir)) n += e.path().filename() == "bad.fa" ? 0 : 1;
   EXPECT_EQ(n, 0u);
+}
+
+TEST(Score, WritesIntoAPipeInPlace) {
+  // A FIFO (like /dev/null or /dev/stdout) is written in place: the atomic rename would replace it.
+  const fs::path dir = mmtest::scratch("score_fifo");
+  const fs::path fifo = dir / "pipe.bedgraph";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  std::string got;
+  std::thread reader([&] {
+    const int fd = ::open(fifo.c_str(), O_RDONLY);
+    if (fd < 0) return;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) got.append(buf, size_t(n));
+    ::close(fd);
+  });
+  auto r = run_cli(base_args() + " -r chrA:3-7 -o '" + fifo.string() + "'");
+  if (r.exit_code != 0) {  // unblock the reader if the command never opened the pipe
+    const int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+    if (fd >= 0) ::close(fd);
+  }
+  reader.join();
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  struct stat st{};
+  ASSERT_EQ(::stat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  EXPECT_EQ(bedgraph(got).size(), 5u) << got;
+  r = run_cli(base_args() + " -r chrA:3-7 -O bigwig -o '" + fifo.string() + "'");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_TRUE(fs::is_fifo(fifo));
 }
