@@ -55,7 +55,7 @@ const std::vector<Option> kOptions = {
     {0, "value", "WHAT", "logp, entropy or both (both: TSV only)", "logp"},
     {0, "strand", "S", "fwd, rev (reverse complement, values at forward coordinates) or both (mean of fwd and rev)", "fwd"},
     {0, "context", "INT", "bases read upstream of each region (downstream on rev) before values are written", "0"},
-    {0, "piece", "INT", "bases per forward pass (memory, not results)", "65536"},
+    {0, "piece", "INT", "bases per forward pass (memory, not results)", "16384"},
     {'@', "threads", "INT", "worker threads (0: all cores)", "0"},
     {0, "device", "DEV", "auto or cpu (score runs on the CPU in this version)", "auto"},
     {'q', "quiet", "", "no notes on stderr", ""},

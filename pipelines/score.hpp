@@ -29,7 +29,7 @@ namespace mm::pipelines {
 class StreamScorer {
 public:
   // `piece`: most tokens per forward call (bounds memory; any value gives the same results).
-  explicit StreamScorer(MemMamba<float>& model, int64_t piece = 65536);
+  explicit StreamScorer(MemMamba<float>& model, int64_t piece = 16384);
   // Starts a new stream: the next feed() begins with BOS.
   void reset();
   // Feeds n tokens (A C G T N; no BOS) and writes, for each, ln p(token) and the entropy of its
@@ -65,7 +65,7 @@ struct ScoreOptions {
   ScoreFormat format = ScoreFormat::bedgraph;
   std::string output = "-";
   int64_t context = 0;               // bases read before a region (after it on the reverse strand)
-  int64_t piece = 65536;             // bases per forward call
+  int64_t piece = 16384;             // bases per forward call
   std::string version, command_line; // provenance written into the output header
 };
 
