@@ -4,6 +4,7 @@
 #include "model/memmamba_cuda.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "io/error.hpp"
@@ -70,7 +71,8 @@ struct MemMambaCuda::Impl {
   Buffer<uint8_t> seg_closes;
   Buffer<float> x, s, mq, g, c_out, kv_tmp, xz, a32, xdbl, dtv, logits;
   Buffer<uint16_t> v, o, u, a, yg;  // bf16 or fp32 (as raw bytes: sized in floats when f32)
-  Buffer<int32_t> pool_rows, cand_rows;
+  Buffer<int32_t> pool_rows, cand_rows, cand_t, cand_n;
+  Buffer<float> cand_s;
   std::vector<Buffer<float>> n_ext, kv;      // per layer of the cross window
   std::vector<Buffer<int32_t>> snap;         // per layer of the cross window
 
@@ -92,6 +94,9 @@ MemMambaCuda::MemMambaCuda(const Config& cfg, const std::vector<float>& params, 
   if (params.size() != table_.total())
     throw Error("parameter count " + std::to_string(params.size()) + " does not match the config");
   if (!cuda::available()) throw Error("no CUDA device is available");
+  if (cfg.notes && cfg.memory_chunk > 1024)
+    throw Error("the CUDA backend supports memory_chunk up to 1024 (this model has " +
+                std::to_string(cfg.memory_chunk) + ")");
   Impl& I = *impl_;
   I.c = cfg;
   I.dt = gemm;
@@ -177,6 +182,20 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
                 K = c.pool_slots, V = c.vocab, XW = R + 2 * N, H = c.note_heads, dh = c.head_dim();
   const int window = std::max(1, c.cross_layer_period);
   const int64_t piece = std::max<int64_t>(1, max_piece);
+  auto last = std::chrono::steady_clock::now();
+  auto tick = [&](const char* group) {  // profile: time since the previous tick goes to `group`
+    if (!profile) return;
+    cuda::synchronize();
+    const auto now = std::chrono::steady_clock::now();
+    const double s = std::chrono::duration<double>(now - last).count();
+    last = now;
+    for (auto& [name, total] : *profile)
+      if (name == group) {
+        total += s;
+        return;
+      }
+    profile->emplace_back(group, s);
+  };
 
   for (int64_t p0 = 0; p0 < T; p0 += piece) {
     const int64_t Tp = std::min(piece, T - p0), M = B * Tp, pos0 = state->position;
@@ -186,6 +205,7 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
     upload(I.tokens, tok);
     I.x.reserve(size_t(M * D));
     cuda::embedding_forward(I.x.data(), I.tokens.data(), I.f(I.embedding), M, D);
+    tick("upload, embedding");
     const HostSegments hs = make_segments(pos0, Tp, c.memory_chunk);
     upload(I.seg_t0, hs.t0);
     upload(I.seg_t1, hs.t1);
@@ -212,16 +232,22 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
         cuda::copy_device(next.data(), st.pool_values.data(), size_t(B * K * S) * 4);
         cuda::copy_device(next.data() + B * K * S, st.cand_values.data(), size_t(B * K * S) * 4);
         cuda::note_scale_forward(next.data() + 2 * B * K * S, S, I.s.data(), I.mq.data(), qcols, M, S);
+        tick("notes: norm, score, summary and query products");
         // The pool each segment reads, and the state after the piece.
         Buffer<int32_t>& snap = I.snap[size_t(slot)];
         snap.reserve(size_t(segs.count * B * K));
         I.pool_rows.reserve(size_t(B * K));
         I.cand_rows.reserve(size_t(B * K));
+        I.cand_s.reserve(size_t(segs.count * B * K));
+        I.cand_t.reserve(size_t(segs.count * B * K));
+        I.cand_n.reserve(size_t(segs.count * B));
         cuda::pool_evolve(snap.data(), {st.pos.data(), st.prio.data(), st.used.data(), st.cand_pos.data(),
                                         st.cand_score.data(), st.cand_count.data()},
-                          I.pool_rows.data(), I.cand_rows.data(), I.s.data(), pos0, segs, B, Tp, K, float(c.tau1));
+                          I.pool_rows.data(), I.cand_rows.data(), I.s.data(), pos0, segs, B, Tp, K, float(c.tau1),
+                          {I.cand_s.data(), I.cand_t.data(), I.cand_n.data()});
         cuda::gather_rows(st.pool_values.data(), next.data(), I.pool_rows.data(), B * K, S);
         cuda::gather_rows(st.cand_values.data(), next.data(), I.cand_rows.data(), B * K, S);
+        tick("notes: pool evolution");
 
         // Reads: own pool, then (every p-th layer) the union of the window's pools.
         auto read = [&](const LayerIndex::Read& rx, const float* q, int first) {
@@ -234,44 +260,56 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
                                  2 * S, DType::f32, false);
             src.push_back({kv.data(), I.snap[size_t(w)].data()});
           }
+          tick("notes: slot key/value products");
           void* o = I.act(I.o, size_t(M * S));
           cuda::pool_read_forward(o, I.dt, q, qcols, src.data(), int(src.size()), segs, B, Tp, K, H, dh);
+          tick("notes: pool attention");
           I.c_out.reserve(size_t(M * D));
           cuda::linear_forward(I.c_out.data(), D, o, S, I.w(rx.o), nullptr, M, S, D, I.dt, false);
           I.g.reserve(size_t(M * D));
           cuda::linear_forward(I.g.data(), D, v, D, I.w(rx.gate_w), I.f(rx.gate_b), M, D, D, I.dt, false);
+          tick("notes: output and gate products");
         };
         // Both reads use the same v, so the first fusion can land before the second read runs.
         read(li.read, I.mq.data() + S, l);
         cuda::gated_residual_forward(I.x.data(), I.g.data(), I.c_out.data(), M, D);
+        tick("notes: gated residual");
         if (cross) {
           read(li.cross, I.mq.data() + 2 * S, l - c.cross_layer_period + 1);
           cuda::gated_residual_forward(I.x.data(), I.g.data(), I.c_out.data(), M, D);
+          tick("notes: gated residual");
         }
       }
       // Mixer (Mamba-1); out_proj accumulates into the residual stream.
       void* u = I.act(I.u, size_t(M * D));
       cuda::rmsnorm_forward(u, I.dt, I.x.data(), I.f(li.norm), M, D, float(c.rms_eps));
       I.xz.reserve(size_t(M * 2 * E));
+      tick("mixer: norm");
       cuda::linear_forward(I.xz.data(), 2 * E, u, D, I.w(li.in_proj), nullptr, M, D, 2 * E, I.dt, false);
+      tick("mixer: in_proj");
       void* a = I.act(I.a, size_t(M * E));
       I.a32.reserve(size_t(M * E));
       cuda::conv1d_silu_forward(a, I.dt, I.a32.data(), st.conv_tail.data(), I.xz.data(), 2 * E, I.f(li.conv_w),
                                 I.f(li.conv_b), B, Tp, E, c.d_conv);
+      tick("mixer: conv + SiLU");
       I.xdbl.reserve(size_t(M * XW));
       cuda::linear_forward(I.xdbl.data(), XW, a, E, I.w(li.x_proj), nullptr, M, E, XW, I.dt, false);
       I.dtv.reserve(size_t(M * E));
       cuda::linear_forward(I.dtv.data(), E, I.xdbl.data(), XW, I.f(li.dt_w), I.f(li.dt_b), M, R, E, DType::f32, false);
+      tick("mixer: x_proj, dt_proj");
       void* yg = I.act(I.yg, size_t(M * E));
       cuda::scan_forward(yg, I.dt, st.ssm.data(), I.a32.data(), I.dtv.data(), I.f(li.A_log), I.xdbl.data() + R,
                          I.xdbl.data() + R + N, XW, I.f(li.D), I.xz.data() + E, 2 * E, B, Tp, E, N);
+      tick("mixer: selective scan");
       cuda::linear_forward(I.x.data(), D, yg, E, I.w(li.out_proj), nullptr, M, E, D, I.dt, true);
+      tick("mixer: out_proj");
     }
     // Final norm and the tied head.
     void* hf = I.act(I.u, size_t(M * D));
     cuda::rmsnorm_forward(hf, I.dt, I.x.data(), I.f(I.norm_f), M, D, float(c.rms_eps));
     I.logits.reserve(size_t(M * V));
     cuda::linear_forward(I.logits.data(), V, hf, D, I.w(I.embedding), nullptr, M, D, V, I.dt, false);
+    tick("head");
     state->position += Tp;
     if (logits_host) {
       std::vector<float> out(size_t(M * V));

@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/ops.hpp"
@@ -34,6 +36,9 @@ public:
 
   // Longest piece run at once (tokens per sequence); longer inputs stream through the state.
   int64_t max_piece = int64_t(1) << 20;
+  // When set, forward synchronises after each group of ops and adds its seconds here, by group
+  // (the per-op breakdown of `memmamba bench`; slows the pass down a little).
+  std::vector<std::pair<std::string, double>>* profile = nullptr;
   const Config& config() const { return cfg_; }
 
   struct Impl;

@@ -207,6 +207,18 @@ BenchReport bench_cuda(const BenchOptions& o, const Reporter& rep) {
                         "tokens/s", "batch 1, bf16, pieces of " + pow2(model.max_piece)});
       rep.say(r.rows.back().what + " at " + pow2(L) + ": " + fmt("%.3g", double(L) / t) + " tokens/s");
     }
+    // Where the time goes: one extra pass at the largest length, synchronised after each group.
+    if (!o.infer_lengths.empty()) {
+      const int64_t L = *std::max_element(o.infer_lengths.begin(), o.infer_lengths.end());
+      auto tok = random_dna(L, o.seed + 1);
+      std::vector<std::pair<std::string, double>> prof;
+      model.profile = &prof;
+      model.forward(tok.data(), 1, L, nullptr);
+      model.profile = nullptr;
+      for (const auto& [name, sec] : prof)
+        r.rows.push_back({std::string("  notes ") + (notes ? "on" : "off") + ", " + name, pow2(L),
+                          sec * 1e3, "ms", fmt("%.1f ns/token", sec * 1e9 / double(L))});
+    }
   }
   if (o.scan_length > 0) {
     const int64_t E = 512, N = 16, L = o.scan_length, XW = 2 * N;

@@ -1,9 +1,10 @@
 // Note ops on the GPU. Shapes and row conventions in kernels/cuda/notes.hpp.
 //
 // pool_evolve is sequential over segments by nature (each chunk's commit depends on the pool
-// the previous chunks left): one block per sequence walks them, with the whole pool and candidate
-// list in shared memory; tokens that cannot enter (s ≤ τ1, or not above the full pool's minimum
-// or the full candidate list's last) are filtered in parallel before the serial list work.
+// the previous chunks left). Each segment's best K candidates are sorted first, all segments in
+// parallel; then one warp per sequence walks the segments with the pool and the carried
+// candidates in shared memory, committing in order and stopping at the first candidate that
+// cannot enter (later ones score no higher).
 // pool_read is one block per (segment, sequence): slot keys and values staged through shared
 // memory in tiles, one thread per (token, head) with an online softmax over the tiles.
 #include "kernels/cuda/notes.hpp"
@@ -46,16 +47,65 @@ __global__ void gather_rows_kernel(float* dst, const float* src, const int32_t* 
   dst[i] = row >= 0 ? src[int64_t(row) * S + c] : 0.0f;
 }
 
-// One warp per sequence. Lane 0 owns the list logic (the lists are at most K long and, past the
-// first chunks, few tokens get through the filter); the other lanes load and filter scores.
-__global__ void pool_evolve_kernel(int32_t* snap, PoolState st, int32_t* pool_rows, int32_t* cand_rows,
-                                   const float* s, int64_t pos0, Segments segs, int B, int T, int K,
-                                   float tau) {
-  __shared__ int64_t ppos[kMaxSlots], cpos[kMaxSlots];
-  __shared__ float pprio[kMaxSlots], cscore[kMaxSlots];
-  __shared__ int prow[kMaxSlots], crow[kMaxSlots];
+// Each segment's candidates, best first (ties: earlier position), at most K: one block per
+// (segment, sequence), a bitonic sort of (score bits, ~t) keys in shared memory. Scores above
+// τ1 ≥ 0 are positive floats, whose bit patterns order like their values.
+constexpr int kMaxSegment = 1024;
+
+__global__ void segment_candidates_kernel(PoolScratch out, const float* s, Segments segs, int B, int T,
+                                          int K, float tau) {
+  __shared__ unsigned long long key[kMaxSegment];
+  const int64_t seg = blockIdx.x;
+  const int b = blockIdx.y;
+  const int t0 = segs.t0[seg], len = segs.t1[seg] - t0;
+  int n = 1;
+  while (n < len) n <<= 1;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    unsigned long long k = 0;
+    if (i < len) {
+      const float v = s[int64_t(b) * T + t0 + i];
+      if (v > tau) k = (static_cast<unsigned long long>(__float_as_uint(v)) << 32) | (0xffffffffu - unsigned(i));
+    }
+    key[i] = k;
+  }
+  __syncthreads();
+  for (int size = 2; size <= n; size <<= 1)
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const int j = i ^ stride;
+        if (j > i) {
+          const bool descending = (i & size) == 0;
+          const unsigned long long a = key[i], c = key[j];
+          if (descending ? a < c : a > c) {
+            key[i] = c;
+            key[j] = a;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  const int64_t base = (seg * B + b) * K;
+  for (int j = threadIdx.x; j < K; j += blockDim.x) {
+    const unsigned long long k = j < n ? key[j] : 0;
+    out.score[base + j] = __uint_as_float(unsigned(k >> 32));
+    out.t[base + j] = t0 + int(0xffffffffu - unsigned(k & 0xffffffffu));
+  }
+  if (threadIdx.x == 0) {
+    int c = 0;
+    while (c < K && c < n && key[c] != 0) ++c;
+    out.count[seg * B + b] = c;
+  }
+}
+
+// The sequential walk over segments, one warp per sequence: lane 0 owns the lists (at most K
+// long); after the first chunks the best candidate of a chunk rarely beats the full pool's
+// minimum, so most segments cost a snapshot and one comparison.
+__global__ void pool_walk_kernel(int32_t* snap, PoolState st, int32_t* pool_rows, int32_t* cand_rows,
+                                 PoolScratch sc, int64_t pos0, Segments segs, int B, int T, int K) {
+  __shared__ int64_t ppos[kMaxSlots], cpos[kMaxSlots], mpos[kMaxSlots];
+  __shared__ float pprio[kMaxSlots], cscore[kMaxSlots], mscore[kMaxSlots];
+  __shared__ int prow[kMaxSlots], crow[kMaxSlots], mrow[kMaxSlots];
   __shared__ int used, ccount;
-  __shared__ float gate;  // tokens must score above this to be worth offering
   const int b = blockIdx.x, lane = threadIdx.x;
   if (lane == 0) {
     used = st.used[b];
@@ -71,83 +121,104 @@ __global__ void pool_evolve_kernel(int32_t* snap, PoolState st, int32_t* pool_ro
     crow[j] = j < ccount ? B * K + b * K + j : -1;
   }
   __syncwarp();
-
-  auto update_gate = [&]() {  // lane 0 only
-    float g = tau;
-    if (used == K) {
-      float mn = pprio[0];
-      for (int j = 1; j < K; ++j) mn = fminf(mn, pprio[j]);
-      g = fmaxf(g, mn);
-    }
-    // A later token of the chunk ties no earlier candidate: it must be strictly above the last.
-    if (ccount == K) g = fmaxf(g, cscore[K - 1]);
-    gate = g;
-  };
-  if (lane == 0) update_gate();
-  __syncwarp();
-
   const int64_t row_base = 2 * int64_t(B) * K + int64_t(b) * T;
+  // Lane 0 keeps the full pool's lowest slot (recomputed only after a replacement) and has the
+  // next segment's count and best score in flight while it works on this one.
+  int low = -1;
+  auto find_low = [&]() {
+    low = 0;
+    for (int j = 1; j < K; ++j)
+      if (pprio[j] < pprio[low] || (pprio[j] == pprio[low] && ppos[j] < ppos[low])) low = j;
+  };
+  int next_n = 0;
+  float next_best = 0.0f;
+  if (lane == 0 && segs.count > 0) {
+    next_n = sc.count[b];
+    next_best = sc.score[int64_t(b) * K];
+  }
   for (int64_t i = 0; i < segs.count; ++i) {
     int32_t* out = snap + (i * B + b) * K;
     for (int j = lane; j < K; j += 32) out[j] = j < used ? prow[j] : -1;
-    const int t0 = segs.t0[i], t1 = segs.t1[i];
-    for (int base = t0; base < t1; base += 32) {
-      const int t = base + lane;
-      const float sv = t < t1 ? s[int64_t(b) * T + t] : 0.0f;
-      __syncwarp();
-      unsigned pass = __ballot_sync(0xffffffffu, t < t1 && sv > gate);
-      while (pass) {
-        const int l = __ffs(pass) - 1;
-        pass &= pass - 1;
-        const float score = __shfl_sync(0xffffffffu, sv, l);
-        if (lane == 0 && score > gate) {
-          // Insert (score, pos) into the candidates, best first; ties go to the earlier
-          // position, and this token is later than every candidate already there.
-          const int64_t pos = pos0 + base + l;
-          int at = ccount;
-          while (at > 0 && score > cscore[at - 1]) --at;
-          if (at < K) {
-            const int last = ccount < K ? ccount : K - 1;
-            for (int k = last; k > at; --k) {
-              cscore[k] = cscore[k - 1];
-              cpos[k] = cpos[k - 1];
-              crow[k] = crow[k - 1];
+    __syncwarp();
+    if (lane == 0) {
+      const int64_t base = (i * B + b) * K;
+      const int n = next_n;
+      const float best = next_best;
+      if (i + 1 < segs.count) {
+        next_n = sc.count[(i + 1) * B + b];
+        next_best = sc.score[((i + 1) * B + b) * K];
+      }
+      const bool closes = segs.closes[i] != 0;
+      bool nothing_enters = false;  // the common case: the chunk's best cannot beat the full pool
+      if (closes && ccount == 0 && used == K) {
+        if (low < 0) find_low();
+        nothing_enters = n == 0 || !(best > pprio[low]);
+      }
+      if (!nothing_enters) {
+        // The candidates this chunk has so far: the carried ones merged with this segment's.
+        const float* ls = sc.score + base;
+        const int32_t* lt = sc.t + base;
+        const float* list_s;
+        const int64_t* list_p = nullptr;
+        const int* list_r = nullptr;
+        int m = 0;
+        if (ccount == 0) {
+          list_s = ls;
+          m = n;
+        } else {
+          int x = 0, y = 0;
+          while (m < K && (x < ccount || y < n)) {
+            // Carried candidates are earlier than this segment's: they win ties.
+            if (y >= n || (x < ccount && cscore[x] >= ls[y])) {
+              mscore[m] = cscore[x];
+              mpos[m] = cpos[x];
+              mrow[m] = crow[x];
+              ++x;
+            } else {
+              mscore[m] = ls[y];
+              mpos[m] = pos0 + lt[y];
+              mrow[m] = int(row_base + lt[y]);
+              ++y;
             }
-            cscore[at] = score;
-            cpos[at] = pos;
-            crow[at] = int(row_base + base + l);
-            if (ccount < K) ++ccount;
-            update_gate();
+            ++m;
           }
+          list_s = mscore;
+          list_p = mpos;
+          list_r = mrow;
         }
-        __syncwarp();
+        if (closes) {
+          for (int c = 0; c < m; ++c) {
+            const float sc_c = list_s[c];
+            const int64_t pc = list_p ? list_p[c] : pos0 + lt[c];
+            const int rc = list_r ? list_r[c] : int(row_base + lt[c]);
+            if (used < K) {
+              ppos[used] = pc;
+              pprio[used] = sc_c;
+              prow[used] = rc;
+              ++used;
+              low = -1;
+              continue;
+            }
+            if (low < 0) find_low();
+            if (!(sc_c > pprio[low])) break;
+            ppos[low] = pc;
+            pprio[low] = sc_c;
+            prow[low] = rc;
+            low = -1;
+          }
+          ccount = 0;
+        } else {
+          for (int c = 0; c < m; ++c) {
+            cscore[c] = list_s[c];
+            cpos[c] = list_p ? list_p[c] : pos0 + lt[c];
+            crow[c] = list_r ? list_r[c] : int(row_base + lt[c]);
+          }
+          ccount = m;
+        }
       }
     }
-    if (segs.closes[i]) {
-      if (lane == 0) {
-        for (int c = 0; c < ccount; ++c) {
-          if (used < K) {
-            ppos[used] = cpos[c];
-            pprio[used] = cscore[c];
-            prow[used] = crow[c];
-            ++used;
-            continue;
-          }
-          int low = 0;
-          for (int j = 1; j < K; ++j)
-            if (pprio[j] < pprio[low] || (pprio[j] == pprio[low] && ppos[j] < ppos[low])) low = j;
-          if (!(cscore[c] > pprio[low])) break;
-          ppos[low] = cpos[c];
-          pprio[low] = cscore[c];
-          prow[low] = crow[c];
-        }
-        ccount = 0;
-        update_gate();
-      }
-      __syncwarp();
-    }
+    __syncwarp();
   }
-  __syncwarp();
   if (lane == 0) {
     st.used[b] = used;
     st.cand_count[b] = ccount;
@@ -290,12 +361,16 @@ void gather_rows(float* dst, const float* src, const int32_t* rows, int64_t R, i
 
 void pool_evolve(int32_t* snap, PoolState state, int32_t* pool_rows, int32_t* cand_rows,
                  const float* s, int64_t pos0, Segments segs, int64_t B, int64_t T, int64_t K,
-                 float tau) {
+                 float tau, PoolScratch scratch) {
   require(K > 0 && K <= kMaxSlots, "pool_slots " + std::to_string(K) + " (at most " + std::to_string(kMaxSlots) + ")");
   require(B > 0 && T >= 0 && 2 * B * K + B * T < (int64_t(1) << 31), "piece too large for 32-bit row indices");
-  pool_evolve_kernel<<<unsigned(B), 32>>>(snap, state, pool_rows, cand_rows, s, pos0, segs, int(B),
-                                          int(T), int(K), tau);
-  check_launch("pool_evolve");
+  if (segs.count > 0) {
+    dim3 grid(unsigned(segs.count), unsigned(B));
+    segment_candidates_kernel<<<grid, 256>>>(scratch, s, segs, int(B), int(T), int(K), tau);
+    check_launch("segment_candidates");
+  }
+  pool_walk_kernel<<<unsigned(B), 32>>>(snap, state, pool_rows, cand_rows, scratch, pos0, segs, int(B), int(T), int(K));
+  check_launch("pool_walk");
 }
 
 void pool_read_forward(void* o, DType odt, const float* q, int64_t ldq, const ReadSource* sources,

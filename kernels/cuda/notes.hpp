@@ -36,14 +36,21 @@ struct Segments {
   int64_t count;
 };
 
-// Walks the segments in order for each sequence (one block each): records the rows of the pool
+// Walks the segments in order for each sequence (one warp each): records the rows of the pool
 // each segment reads (snap, nseg×B×K, −1 empty), offers the segment's tokens with s > tau as
 // candidates, commits them at chunk ends (DESIGN §3 rules, identical to the CPU's). Updates
 // `state` in place (positions, priorities, counts) and writes the rows now holding the pool's
 // and the candidates' summaries (pool_rows, cand_rows: B×K, −1 empty) for gather_rows.
+// scratch: nseg×B×K floats and ints, nseg×B ints (each segment's best candidates, found in
+// parallel before the sequential walk). Segments must be at most 1024 rows (memory_chunk ≤ 1024).
+struct PoolScratch {
+  float* score;
+  int32_t* t;
+  int32_t* count;
+};
 void pool_evolve(int32_t* snap, PoolState state, int32_t* pool_rows, int32_t* cand_rows,
                  const float* s, int64_t pos0, Segments segs, int64_t B, int64_t T, int64_t K,
-                 float tau);
+                 float tau, PoolScratch scratch);
 
 // dst (R×S) = src[rows[r]] (row stride S), zeros where rows[r] < 0.
 void gather_rows(float* dst, const float* src, const int32_t* rows, int64_t R, int64_t S);
