@@ -18,12 +18,8 @@ BedGraphWriter::BedGraphWriter(std::string path, BedGraphOptions options)
   if (path_ == "-") {
     out_ = stdout;
   } else {
-    std::filesystem::path p(path_);
-    std::string name = p.filename().string();
-    name.insert(0, 1, '.');
-    name.append(".tmp").append(std::to_string(::getpid()));
-    temp_ = (p.parent_path() / name).string();
-    out_ = std::fopen(temp_.c_str(), "w");
+    target_ = std::make_unique<OutputTarget>(path_);
+    out_ = std::fopen(target_->write_path().c_str(), "w");
     if (!out_) throw Error(std::string("cannot create output: ") + std::strerror(errno), path_);
   }
   if (options_.header) {
@@ -35,8 +31,7 @@ BedGraphWriter::BedGraphWriter(std::string path, BedGraphOptions options)
 
 BedGraphWriter::~BedGraphWriter() {
   if (!out_ || out_ == stdout) return;
-  std::fclose(out_);
-  std::filesystem::remove(temp_);
+  std::fclose(out_);  // target_ discards the unfinished file
 }
 
 void BedGraphWriter::flush_run() {
@@ -82,15 +77,10 @@ void BedGraphWriter::close() {
   }
   const bool failed = std::ferror(f) != 0;
   if (std::fclose(f) != 0 || failed) {
-    std::filesystem::remove(temp_);
+    target_->discard();
     throw Error("cannot write bedGraph (disk full?)", path_);
   }
-  std::error_code ec;
-  std::filesystem::rename(temp_, path_, ec);
-  if (ec) {
-    std::filesystem::remove(temp_);
-    throw Error("cannot move the output into place: " + ec.message(), path_);
-  }
+  target_->commit();
 }
 
 }  // namespace mm::io

@@ -1,6 +1,8 @@
 // bedGraph output of per-base values: one line per run of equal values (or per base), 0-based
 // half-open, NaN = no data (no line). Files are written atomically; "-" streams to stdout.
 #pragma once
+#include "io/output_target.hpp"
+#include <memory>
 #include <cstdint>
 #include <cstdio>
 #include <span>
@@ -27,7 +29,8 @@ public:
 
 private:
   void flush_run();
-  std::string path_, temp_;
+  std::string path_;
+  std::unique_ptr<OutputTarget> target_;  // null for stdout
   BedGraphOptions options_;
   std::FILE* out_ = nullptr;
   std::string contig_;  // the open run

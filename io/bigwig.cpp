@@ -36,26 +36,25 @@ BigWigWriter::BigWigWriter(std::string path, std::vector<std::pair<std::string, 
     names.push_back(name.c_str());
     lengths.push_back(static_cast<uint32_t>(len));
   }
-  std::filesystem::path p(path_);
-  std::string name = p.filename().string();
-  name.insert(0, 1, '.');
-  name.append(".tmp").append(std::to_string(::getpid()));
-  temp_ = (p.parent_path() / name).string();
+  // bigWig is written with seeks: a device or a pipe cannot hold one.
+  if (is_special_output(path_)) throw UsageError("bigWig output must be a regular file, not " + path_);
+  target_ = std::make_unique<OutputTarget>(path_);
+  const std::string& temp = target_->write_path();
   // libBigWig's bwOpen crashes when it cannot create the file, so that is tried here first.
-  if (std::FILE* probe = std::fopen(temp_.c_str(), "w")) {
+  if (std::FILE* probe = std::fopen(temp.c_str(), "w")) {
     std::fclose(probe);
   } else {
     throw Error(std::string("cannot create output: ") + std::strerror(errno), path_);
   }
-  bigWigFile_t* bw = bwOpen(temp_.c_str(), nullptr, "w");
+  bigWigFile_t* bw = bwOpen(temp.c_str(), nullptr, "w");
   if (!bw) {
-    std::filesystem::remove(temp_);
+    target_->discard();
     throw Error("cannot create bigWig output", path_);
   }
   bw->cl = bwCreateChromList(names.data(), lengths.data(), static_cast<int64_t>(names.size()));
   if (bwCreateHdr(bw, 10) || !bw->cl || bwWriteHdr(bw)) {
     bwClose(bw);
-    std::filesystem::remove(temp_);
+    target_->discard();
     throw Error("cannot write the bigWig header", path_);
   }
   bw_ = bw;
@@ -64,7 +63,7 @@ BigWigWriter::BigWigWriter(std::string path, std::vector<std::pair<std::string, 
 BigWigWriter::~BigWigWriter() {
   if (!bw_) return;
   bwClose(as_bw(bw_));
-  std::filesystem::remove(temp_);
+  target_->discard();
 }
 
 void BigWigWriter::end_run() {
@@ -135,15 +134,11 @@ void BigWigWriter::close() {
   bwClose(as_bw(bw_));  // writes the index and zoom levels
   bw_ = nullptr;
   std::error_code ec;
-  if (std::filesystem::file_size(temp_, ec) == 0 || ec) {
-    std::filesystem::remove(temp_);
+  if (std::filesystem::file_size(target_->write_path(), ec) == 0 || ec) {
+    target_->discard();
     throw Error("cannot finish writing the bigWig", path_);
   }
-  std::filesystem::rename(temp_, path_, ec);
-  if (ec) {
-    std::filesystem::remove(temp_);
-    throw Error("cannot move the output into place: " + ec.message(), path_);
-  }
+  target_->commit();
 }
 
 }  // namespace mm::io

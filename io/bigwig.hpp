@@ -1,6 +1,8 @@
 // bigWig output of per-base values through libBigWig: runs of equal values become one interval,
 // NaN = no data. Written to a temp file beside the output and renamed on close.
 #pragma once
+#include "io/output_target.hpp"
+#include <memory>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -24,7 +26,8 @@ public:
 private:
   void end_run();
   void flush();
-  std::string path_, temp_;
+  std::string path_;
+  std::unique_ptr<OutputTarget> target_;
   std::vector<std::pair<std::string, int64_t>> contigs_;
   void* bw_ = nullptr;  // bigWigFile_t*, kept out of this header with libBigWig's
   int contig_ = -1;     // index of the contig being written

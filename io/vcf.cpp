@@ -245,14 +245,6 @@ bool ends_with(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::string temp_beside(const std::string& path) {
-  std::filesystem::path p(path);
-  std::string name = p.filename().string();
-  name.insert(0, 1, '.');
-  name.append(".tmp").append(std::to_string(::getpid()));
-  return (p.parent_path() / name).string();
-}
-
 }  // namespace
 
 VcfWriter::VcfWriter(std::string path, const VcfReader& input, const std::vector<InfoDef>& added,
@@ -271,8 +263,8 @@ VcfWriter::VcfWriter(std::string path, const VcfReader& input, const std::vector
     if (bcf_hdr_append(h_->hdr, line.c_str()) < 0) throw Error("bad INFO definition: " + line);
   }
   if (bcf_hdr_sync(h_->hdr) < 0) throw Error("cannot build the output VCF header", path_);
-  temp_ = path_ == "-" ? path_ : temp_beside(path_);
-  h_->fp = hts_open(temp_.c_str(), mode);
+  if (path_ != "-") target_ = std::make_unique<OutputTarget>(path_);
+  h_->fp = hts_open(target_ ? target_->write_path().c_str() : "-", mode);
   if (!h_->fp) throw Error(std::string("cannot create output: ") + std::strerror(errno), path_);
   if (bcf_hdr_write(h_->fp, h_->hdr) < 0) throw Error("cannot write the VCF header", path_);
 }
@@ -281,7 +273,7 @@ VcfWriter::~VcfWriter() {
   if (!h_->fp) return;
   hts_close(h_->fp);
   h_->fp = nullptr;
-  if (temp_ != "-") std::filesystem::remove(temp_);
+  if (target_) target_->discard();
 }
 
 // Text VCF input without ##contig lines gets contigs added to its header as records name them;
@@ -330,20 +322,15 @@ void VcfWriter::close() {
   if (!h_->fp) return;
   const int r = hts_close(h_->fp);
   h_->fp = nullptr;
-  if (temp_ == "-") {
+  if (!target_) {
     if (r < 0) throw Error("cannot write VCF to stdout", path_);
     return;
   }
   if (r < 0) {
-    std::filesystem::remove(temp_);
+    target_->discard();
     throw Error("cannot finish writing", path_);
   }
-  std::error_code ec;
-  std::filesystem::rename(temp_, path_, ec);
-  if (ec) {
-    std::filesystem::remove(temp_);
-    throw Error("cannot move the output into place: " + ec.message(), path_);
-  }
+  target_->commit();
 }
 
 }  // namespace mm::io

@@ -2,6 +2,7 @@
 // checks REF against a reference, and a writer that keeps every input record and header line and
 // adds INFO fields. File outputs are atomic (temp file in the same folder, renamed on close).
 #pragma once
+#include "io/output_target.hpp"
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -108,7 +109,8 @@ public:
 private:
   struct Handles;
   void sync_header();
-  std::string path_, temp_;
+  std::string path_;
+  std::unique_ptr<OutputTarget> target_;  // null for stdout
   const VcfReader& input_;
   VcfFormat format_;
   std::unique_ptr<Handles> h_;

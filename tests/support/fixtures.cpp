@@ -9,11 +9,13 @@
 #include <sstream>
 #include <stdexcept>
 #include <sys/wait.h>
+#include <unistd.h>
 
 namespace mmtest {
 
 fs::path scratch(const std::string& name) {
-  fs::path p = fs::path(MM_TEST_WORK) / name;
+  // ctest runs tests of one program in parallel processes: each process gets its own folders.
+  fs::path p = fs::path(MM_TEST_WORK) / (name + "." + std::to_string(::getpid()));
   fs::remove_all(p);
   fs::create_directories(p);
   return p;
@@ -44,12 +46,16 @@ fs::path chr20() {
   fs::path dir = fs::path(MM_TEST_WORK) / "chr20";
   fs::path fa = dir / "20.fa.gz";
   if (!fs::exists(fa.string() + ".gzi")) {
-    fs::create_directories(dir);
-    fs::remove(fa);
-    fs::create_symlink(src, fa);
-    fs::copy_file(src.string() + ".fai", fa.string() + ".fai", fs::copy_options::overwrite_existing);
-    gunzip(src.string() + ".gzi.gz", fa.string() + ".gzi.tmp");
-    fs::rename(fa.string() + ".gzi.tmp", fa.string() + ".gzi");
+    // Built in a private folder and renamed into place, since parallel tests may race here.
+    fs::path tmp = fs::path(MM_TEST_WORK) / ("chr20.tmp." + std::to_string(::getpid()));
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    fs::create_symlink(src, tmp / "20.fa.gz");
+    fs::copy_file(src.string() + ".fai", tmp / "20.fa.gz.fai");
+    gunzip(src.string() + ".gzi.gz", tmp / "20.fa.gz.gzi");
+    std::error_code ec;
+    fs::rename(tmp, dir, ec);  // fails harmlessly when another process got there first
+    fs::remove_all(tmp, ec);
   }
   return fa;
 }
