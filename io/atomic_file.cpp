@@ -1,5 +1,6 @@
 // AtomicFile: mkstemp + checked stdio + fsync + rename (POSIX).
 #include "io/atomic_file.hpp"
+#include "io/output_target.hpp"
 
 #include <cerrno>
 #include <cstring>
@@ -28,6 +29,9 @@ std::string reason(int err) { return std::strerror(err); }
 }  // namespace
 
 AtomicFile::AtomicFile(std::filesystem::path dest) : dest_(std::move(dest)) {
+  // Renaming a temp file over a device or a FIFO would replace it (/dev/null, say).
+  if (is_special_output(dest_.string()))
+    throw Error("not a regular file: an atomic write would replace it", dest_.string());
   std::filesystem::path folder = dest_.parent_path().empty() ? "." : dest_.parent_path();
   std::string templ = dest_.string() + ".tmp.XXXXXX";
   int fd = ::mkstemp(templ.data());
