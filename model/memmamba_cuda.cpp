@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <unordered_map>
 
 #include "io/error.hpp"
 #include "kernels/cuda/notes.hpp"
@@ -58,8 +59,11 @@ void upload(Buffer<T>& dst, const std::vector<T>& src) {
 struct MemMambaCuda::Impl {
   Config c;
   DType dt;
-  Buffer<float> w32;     // all parameters, fp32, ParamTable layout
+  Buffer<float> w32;     // all parameters, fp32, each tensor starting on a 256-byte boundary
   Buffer<uint16_t> w16;  // the same in bf16 (the fast path's matrix operands)
+  // ParamTable offset → offset in w32/w16. cuBLASLt picks much slower kernels for operands that
+  // are not 16-byte aligned, which the packed ParamTable layout does not promise.
+  std::unordered_map<size_t, size_t> aligned;
   // Per layer: [summary; q (; cross q)] packed so one product writes m and the queries.
   std::vector<Buffer<float>> note_in32;
   std::vector<Buffer<uint16_t>> note_in16;
@@ -77,7 +81,10 @@ struct MemMambaCuda::Impl {
   std::vector<Buffer<int32_t>> snap;         // per layer of the cross window
 
   size_t act_bytes() const { return dt == DType::f32 ? 4 : 2; }
-  void* w(size_t off) { return dt == DType::f32 ? static_cast<void*>(w32.data() + off) : static_cast<void*>(w16.data() + off); }
+  void* w(size_t off) {
+    const size_t a = aligned.at(off);
+    return dt == DType::f32 ? static_cast<void*>(w32.data() + a) : static_cast<void*>(w16.data() + a);
+  }
   void* packed(int l) {
     return dt == DType::f32 ? static_cast<void*>(note_in32[size_t(l)].data()) : static_cast<void*>(note_in16[size_t(l)].data());
   }
@@ -86,7 +93,7 @@ struct MemMambaCuda::Impl {
     b.reserve(n * act_bytes() / 2);
     return b.data();
   }
-  float* f(size_t off) { return w32.data() + off; }
+  float* f(size_t off) { return w32.data() + aligned.at(off); }
 };
 
 MemMambaCuda::MemMambaCuda(const Config& cfg, const std::vector<float>& params, DType gemm)
@@ -100,10 +107,19 @@ MemMambaCuda::MemMambaCuda(const Config& cfg, const std::vector<float>& params, 
   Impl& I = *impl_;
   I.c = cfg;
   I.dt = gemm;
-  I.w32 = Buffer<float>(params.size());
-  cuda::copy_to_device(I.w32.data(), params.data(), params.size() * sizeof(float));
-  I.w16 = Buffer<uint16_t>(params.size());
-  cuda::to_bf16(I.w16.data(), I.w32.data(), params.size());
+  std::vector<float> padded;
+  for (const auto& p : table_.entries()) {
+    I.aligned[p.offset] = padded.size();
+    padded.insert(padded.end(), params.begin() + long(p.offset), params.begin() + long(p.offset + p.size));
+    // 128 elements: 256 bytes in bf16. A read's k is used as the first half of one [k; v]
+    // matrix, so v must follow it directly.
+    const bool key = p.name.size() > 9 && p.name.compare(p.name.size() - 9, 9, ".k.weight") == 0;
+    if (!key) padded.resize((padded.size() + 127) / 128 * 128, 0.0f);
+  }
+  I.w32 = Buffer<float>(padded.size());
+  cuda::copy_to_device(I.w32.data(), padded.data(), padded.size() * sizeof(float));
+  I.w16 = Buffer<uint16_t>(padded.size());
+  cuda::to_bf16(I.w16.data(), I.w32.data(), padded.size());
   I.embedding = table_.embedding();
   I.norm_f = table_.norm_f();
   const int64_t d = cfg.d_model, S = cfg.summary_dim;

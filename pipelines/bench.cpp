@@ -195,7 +195,7 @@ BenchReport bench_cuda(const BenchOptions& o, const Reporter& rep) {
     const double t = ms[1 + (ms.size() - 1) / 2] / 1e3;
     r.rows.push_back({"bf16 GEMM (cuBLASLt)", "8192^3", 2.0 * n * n * n / t / 1e12, "TFLOP/s", "the matrix ceiling"});
   }
-  for (bool notes : {true, false}) {
+  for (bool notes : {false, true}) {
     Config c = o.config;
     c.notes = notes;
     MemMamba<float> init(c, o.seed);  // initialised weights, copied to the device

@@ -250,7 +250,10 @@ constexpr int kTile = 32;  // slots per shared-memory tile
 template <int DH, typename OutT>
 __global__ void pool_read_kernel(OutT* o, const float* q, int64_t ldq, Sources src, int nsrc,
                                  Segments segs, int B, int T, int K, int H) {
-  extern __shared__ float tile[];  // kTile × 2S, then kTile validity flags
+  extern __shared__ float4 tile_storage[];  // 16-byte aligned: kTile × 2S, then kTile flags
+  float* tile = reinterpret_cast<float*>(tile_storage);
+  __shared__ int32_t rows[kTile];
+  __shared__ int from[kTile];
   const int S = H * DH;
   float* valid = tile + kTile * 2 * S;
   const int64_t seg = blockIdx.x;
@@ -275,21 +278,37 @@ __global__ void pool_read_kernel(OutT* o, const float* q, int64_t ldq, Sources s
     float mx = -INFINITY, sum = 0.0f;
     for (int p0 = 0; p0 < total_slots; p0 += kTile) {
       __syncthreads();
-      for (int idx = threadIdx.x; idx < kTile * 2 * S; idx += blockDim.x) {
-        const int slot = idx / (2 * S), col = idx % (2 * S), p = p0 + slot;
+      // The tile's slot rows first (one lookup per slot), then their keys and values as float4.
+      if (threadIdx.x < kTile) {
+        const int p = p0 + threadIdx.x;
         int32_t r = -1;
         if (p < total_slots) r = src.snap[p / K][(seg * B + b) * K + p % K];
-        tile[idx] = r >= 0 ? src.kv[p / K][int64_t(r) * 2 * S + col] : 0.0f;
-        if (col == 0) valid[slot] = r >= 0 ? 1.0f : 0.0f;
+        rows[threadIdx.x] = r;
+        from[threadIdx.x] = p < total_slots ? p / K : 0;
+        valid[threadIdx.x] = r >= 0 ? 1.0f : 0.0f;
+      }
+      __syncthreads();
+      const int row4 = S / 2;  // float4s in a slot's 2S values
+      for (int idx = threadIdx.x; idx < kTile * row4; idx += blockDim.x) {
+        const int slot = idx / row4, c4 = idx - slot * row4;
+        const int32_t r = rows[slot];
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (r >= 0) v = reinterpret_cast<const float4*>(src.kv[from[slot]] + int64_t(r) * 2 * S)[c4];
+        reinterpret_cast<float4*>(tile)[idx] = v;
       }
       __syncthreads();
       float sc[kTile];
       float tmax = -INFINITY;
 #pragma unroll
       for (int j = 0; j < kTile; ++j) {
+        // 16-byte shared loads: DH and S are multiples of 4, so every head's slice is aligned.
+        const float4* k4 = reinterpret_cast<const float4*>(tile + j * 2 * S + h * DH);
         float a = 0.0f;
 #pragma unroll
-        for (int i = 0; i < DH; ++i) a += qv[i] * tile[j * 2 * S + h * DH + i];
+        for (int i = 0; i < DH / 4; ++i) {
+          const float4 k = k4[i];
+          a += qv[4 * i] * k.x + qv[4 * i + 1] * k.y + qv[4 * i + 2] * k.z + qv[4 * i + 3] * k.w;
+        }
         sc[j] = valid[j] != 0.0f ? a : -INFINITY;
         tmax = fmaxf(tmax, sc[j]);
       }
@@ -303,8 +322,15 @@ __global__ void pool_read_kernel(OutT* o, const float* q, int64_t ldq, Sources s
       for (int j = 0; j < kTile; ++j) {
         const float w = __expf(sc[j] - nmx);  // −inf → 0
         sum += w;
+        const float4* v4 = reinterpret_cast<const float4*>(tile + j * 2 * S + S + h * DH);
 #pragma unroll
-        for (int i = 0; i < DH; ++i) acc[i] += w * tile[j * 2 * S + S + h * DH + i];
+        for (int i = 0; i < DH / 4; ++i) {
+          const float4 v = v4[i];
+          acc[4 * i] += w * v.x;
+          acc[4 * i + 1] += w * v.y;
+          acc[4 * i + 2] += w * v.z;
+          acc[4 * i + 3] += w * v.w;
+        }
       }
       mx = nmx;
     }
