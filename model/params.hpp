@@ -46,7 +46,8 @@ private:
 
 // Mamba initialisation conventions: A_log = log(1..N), D = 1, Δ bias the inverse softplus of
 // a log-uniform draw in [1e-3, 1e-1], out-projections scaled by 1/√n_layer, the note reads'
-// output projections zero (the reads start silent; see params.cpp), PyTorch's default
+// output projections zero (the reads start silent; see params.cpp), score biases 2 (scores
+// start above τ1), PyTorch's default
 // uniform(±1/√fan_in) for other linears, N(0, 0.02) for the embedding.
 template <typename T>
 void init_params(std::vector<T>& params, const ParamTable& table, const Config& cfg, uint64_t seed);
