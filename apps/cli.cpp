@@ -107,8 +107,9 @@ double Args::get_double(const std::string& long_name) const {
 }
 
 std::string command_line(int argc, char** argv) {
+  // Commands get argv with argv[0] = their name, so this reads "memmamba <command> <args>".
   std::string s = "memmamba";
-  for (int i = 1; i < argc; ++i) {
+  for (int i = 0; i < argc; ++i) {
     std::string a = argv[i];
     bool quote = a.empty() || a.find_first_of(" \t'\"$`\\|&;<>()*?") != std::string::npos;
     s += " ";

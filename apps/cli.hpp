@@ -48,7 +48,8 @@ int run(const std::string& command, int argc, char** argv, const std::function<i
 // A Reporter for stderr: notes always (unless quiet), a progress bar only when stderr is a terminal.
 Reporter stderr_reporter(const std::string& command, bool quiet);
 
-// The command line as one string, for provenance lines.
+// "memmamba <command> <args>" from a command's argc/argv (argv[0] is the command's name), for
+// provenance lines.
 std::string command_line(int argc, char** argv);
 
 }  // namespace mm::cli

@@ -190,7 +190,6 @@ int pretrain_main(int argc, char** argv) {
     else if (sm == "additive") o.markov_smoothing = pipelines::MarkovSmoothing::additive;
     else throw UsageError("--markov-smoothing wants witten-bell or additive, got '" + sm + "'");
     o.command = command_line(argc, argv);
-    o.command.insert(std::string("memmamba").size(), " pretrain");
     if (const char* p = std::getenv("MEMMAMBA_TEST_POISON_STEP")) o.poison_step = std::atoll(p);
 
     const long threads = args.get_int("threads");

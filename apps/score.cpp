@@ -166,8 +166,7 @@ int score_main(int argc, char** argv) {
     Checkpoint ckpt = load_checkpoint(model_path);
     MemMamba<float> model(ckpt.config, std::move(ckpt.params));
     o.version = kVersion;
-    o.command_line = command_line(argc, argv);  // argv[0] is the command name, which it leaves out
-    o.command_line.insert(std::string("memmamba").size(), " score");
+    o.command_line = command_line(argc, argv);
 
     const auto t0 = std::chrono::steady_clock::now();
     const auto stats = pipelines::score(model, o, rep);
