@@ -81,6 +81,8 @@ struct MemMambaCuda::Impl {
   std::vector<Buffer<int32_t>> snap;         // per layer of the cross window
 
   size_t act_bytes() const { return dt == DType::f32 ? 4 : 2; }
+  // Products whose operands stay fp32 (slot keys/values, dt_proj): TF32 on the fast path.
+  DType f32_products() const { return dt == DType::bf16 ? DType::tf32 : DType::f32; }
   void* w(size_t off) {
     const size_t a = aligned.at(off);
     return dt == DType::f32 ? static_cast<void*>(w32.data() + a) : static_cast<void*>(w16.data() + a);
@@ -273,7 +275,7 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
             Buffer<float>& kv = I.kv[size_t(w)];
             kv.reserve(size_t(ext_rows * 2 * S));
             cuda::linear_forward(kv.data(), 2 * S, I.n_ext[size_t(w)].data(), S, I.f(rx.k), nullptr, ext_rows, S,
-                                 2 * S, DType::f32, false);
+                                 2 * S, I.f32_products(), false);
             src.push_back({kv.data(), I.snap[size_t(w)].data()});
           }
           tick("notes: slot key/value products");
@@ -311,7 +313,7 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
       I.xdbl.reserve(size_t(M * XW));
       cuda::linear_forward(I.xdbl.data(), XW, a, E, I.w(li.x_proj), nullptr, M, E, XW, I.dt, false);
       I.dtv.reserve(size_t(M * E));
-      cuda::linear_forward(I.dtv.data(), E, I.xdbl.data(), XW, I.f(li.dt_w), I.f(li.dt_b), M, R, E, DType::f32, false);
+      cuda::linear_forward(I.dtv.data(), E, I.xdbl.data(), XW, I.f(li.dt_w), I.f(li.dt_b), M, R, E, I.f32_products(), false);
       tick("mixer: x_proj, dt_proj");
       void* yg = I.act(I.yg, size_t(M * E));
       cuda::scan_forward(yg, I.dt, st.ssm.data(), I.a32.data(), I.dtv.data(), I.f(li.A_log), I.xdbl.data() + R,

@@ -85,6 +85,7 @@ void launch(void* out, float* out_f32, float* tail, const float* a, int64_t lda,
 template <int K>
 void dispatch_dtype(void* out, DType odt, float* out_f32, float* tail, const float* a, int64_t lda,
                     const float* w, const float* bias, int64_t B, int64_t T, int64_t E) {
+  if (odt == DType::tf32) throw Error("conv1d: activations are written as f32 or bf16, not tf32");
   if (odt == DType::f32) launch<K, float>(out, out_f32, tail, a, lda, w, bias, B, T, E);
   else launch<K, __nv_bfloat16>(out, out_f32, tail, a, lda, w, bias, B, T, E);
 }

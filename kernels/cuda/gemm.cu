@@ -66,8 +66,9 @@ int alignment_of(const void* p, int64_t ld, size_t elem) {
 // Builds the descriptors and asks the heuristic for an algorithm; false when none fits.
 bool make_plan(Lt& l, Plan& p, int64_t M, int64_t I, int64_t O, int64_t ld_in, int64_t ld_out,
                DType dt, bool bias, int al_in, int al_w, int al_out, int al_bias) {
-  const cudaDataType_t ab = dt == DType::f32 ? CUDA_R_32F : CUDA_R_16BF;
-  MM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cudaDataType_t ab = dt == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cublasComputeType_t compute = dt == DType::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  MM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, compute, CUDA_R_32F));
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   MM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
   MM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
@@ -159,10 +160,11 @@ void linear_forward(float* out, int64_t ld_out, const void* in, int64_t ld_in, c
       MM_CUBLAS_CHECK(cublasSetStream(l.blas, 0));
       MM_CUBLAS_CHECK(cublasSetMathMode(l.blas, CUBLAS_PEDANTIC_MATH));  // no TF32 for fp32
     }
-    const cudaDataType_t ab = dtype == DType::f32 ? CUDA_R_32F : CUDA_R_16BF;
+    const cudaDataType_t ab = dtype == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
     MM_CUBLAS_CHECK(cublasGemmEx(l.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(O), int(M), int(I), &alpha, W, ab,
                                  int(I), in, ab, int(ld_in), &beta, out, CUDA_R_32F, int(ld_out),
-                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                 dtype == DType::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT));
   }
   if (bias && !p.bias_epilogue) {
     const int64_t n = M * O;

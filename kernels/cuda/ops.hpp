@@ -12,8 +12,10 @@
 
 namespace mm::cuda {
 
-enum class DType { f32, bf16 };
-inline size_t dtype_bytes(DType t) { return t == DType::f32 ? 4 : 2; }
+// tf32: fp32 operands multiplied on the tensor cores in TF32 (the fast path's fp32 products);
+// f32 keeps full fp32 arithmetic (the parity path). Only linear_forward takes tf32.
+enum class DType { f32, bf16, tf32 };
+inline size_t dtype_bytes(DType t) { return t == DType::bf16 ? 2 : 4; }
 
 // ---- device, memory, timing ---------------------------------------------------------------
 bool available();                 // a CUDA device is present and usable

@@ -69,6 +69,7 @@ void rmsnorm_forward(void* y, DType ydt, const float* x, const float* w, int64_t
   require(eps > 0.f, "rmsnorm_forward", "eps must be positive");
   require((s == nullptr) == (score_w == nullptr) && (s == nullptr) == (score_b == nullptr),
           "rmsnorm_forward", "s, score_w and score_b are given together or not at all");
+  if (ydt == DType::tf32) throw Error("rmsnorm: activations are written as f32 or bf16, not tf32");
   if (ydt == DType::f32) launch<float>(y, x, w, M, D, eps, s, score_w, score_b);
   else launch<__nv_bfloat16>(y, x, w, M, D, eps, s, score_w, score_b);
 }

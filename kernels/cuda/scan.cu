@@ -307,6 +307,7 @@ void launch_passes(const Args& a, DType odt, int64_t B, const dim3& grid) {
     scan_pass2<<<detail::blocks_for(B * a.E * N, 256), 256>>>(a, B, N);
     MM_CUDA_LAUNCH_CHECK("scan_pass2");
   }
+  if (odt == DType::tf32) throw Error("scan: activations are written as f32 or bf16, not tf32");
   if (odt == DType::f32) scan_pass3<N, P, PF, float><<<grid, kThreads>>>(a);
   else scan_pass3<N, P, PF, __nv_bfloat16><<<grid, kThreads>>>(a);
   MM_CUDA_LAUNCH_CHECK("scan_pass3");
