@@ -130,25 +130,25 @@ __global__ void pool_walk_kernel(int32_t* snap, PoolState st, int32_t* pool_rows
     for (int j = 1; j < K; ++j)
       if (pprio[j] < pprio[low] || (pprio[j] == pprio[low] && ppos[j] < ppos[low])) low = j;
   };
-  int next_n = 0;
-  float next_best = 0.0f;
-  if (lane == 0 && segs.count > 0) {
-    next_n = sc.count[b];
-    next_best = sc.score[int64_t(b) * K];
-  }
+  // Every 32 segments the lanes fetch the next 32 segments' count, best score and chunk end in
+  // one go; lane 0 takes them by shuffle, so the walk waits on memory once per 32 segments.
+  int pf_n = 0, pf_closes = 0;
+  float pf_best = 0.0f;
   for (int64_t i = 0; i < segs.count; ++i) {
+    if ((i & 31) == 0) {
+      const int64_t k = i + lane;
+      pf_n = k < segs.count ? sc.count[k * B + b] : 0;
+      pf_best = k < segs.count ? sc.score[(k * B + b) * K] : 0.0f;
+      pf_closes = k < segs.count ? segs.closes[k] : 0;
+    }
+    const int n = __shfl_sync(0xffffffffu, pf_n, int(i & 31));
+    const float best = __shfl_sync(0xffffffffu, pf_best, int(i & 31));
+    const bool closes = __shfl_sync(0xffffffffu, pf_closes, int(i & 31)) != 0;
     int32_t* out = snap + (i * B + b) * K;
     for (int j = lane; j < K; j += 32) out[j] = j < used ? prow[j] : -1;
     __syncwarp();
     if (lane == 0) {
       const int64_t base = (i * B + b) * K;
-      const int n = next_n;
-      const float best = next_best;
-      if (i + 1 < segs.count) {
-        next_n = sc.count[(i + 1) * B + b];
-        next_best = sc.score[((i + 1) * B + b) * K];
-      }
-      const bool closes = segs.closes[i] != 0;
       bool nothing_enters = false;  // the common case: the chunk's best cannot beat the full pool
       if (closes && ccount == 0 && used == K) {
         if (low < 0) find_low();
@@ -247,21 +247,53 @@ __device__ inline void store<__nv_bfloat16>(__nv_bfloat16* p, float v) { *p = __
 
 constexpr int kTile = 32;  // slots per shared-memory tile
 
+// resident: every slot of the segment is staged once (the usual case, the pools fit in shared
+// memory); otherwise one tile at a time, again for each batch of (token, head) pairs.
 template <int DH, typename OutT>
 __global__ void pool_read_kernel(OutT* o, const float* q, int64_t ldq, Sources src, int nsrc,
-                                 Segments segs, int B, int T, int K, int H) {
-  extern __shared__ float4 tile_storage[];  // 16-byte aligned: kTile × 2S, then kTile flags
-  float* tile = reinterpret_cast<float*>(tile_storage);
+                                 Segments segs, int B, int T, int K, int H, int resident) {
+  extern __shared__ float4 tile_storage[];  // 16-byte aligned: cap × 2S values, then cap flags
+  float* tiles = reinterpret_cast<float*>(tile_storage);
   __shared__ int32_t rows[kTile];
   __shared__ int from[kTile];
   const int S = H * DH;
-  float* valid = tile + kTile * 2 * S;
   const int64_t seg = blockIdx.x;
   const int b = blockIdx.y;
   const int t0 = segs.t0[seg], t1 = segs.t1[seg];
   const int pairs = (t1 - t0) * H;
   const int total_slots = nsrc * K;
+  const int ntiles = (total_slots + kTile - 1) / kTile;
+  const int cap = resident ? ntiles * kTile : kTile;
+  float* valids = tiles + cap * 2 * S;
   const float scale = rsqrtf(float(DH));
+  // Stages tile ti into its place: the slot rows first (one lookup per slot), then their keys
+  // and values as float4.
+  auto stage = [&](int ti) {
+    const int p0 = ti * kTile;
+    float* tile = resident ? tiles + p0 * 2 * S : tiles;
+    float* valid = resident ? valids + p0 : valids;
+    __syncthreads();
+    if (threadIdx.x < kTile) {
+      const int p = p0 + threadIdx.x;
+      int32_t r = -1;
+      if (p < total_slots) r = src.snap[p / K][(seg * B + b) * K + p % K];
+      rows[threadIdx.x] = r;
+      from[threadIdx.x] = p < total_slots ? p / K : 0;
+      valid[threadIdx.x] = r >= 0 ? 1.0f : 0.0f;
+    }
+    __syncthreads();
+    const int row4 = S / 2;  // float4s in a slot's 2S values
+    for (int idx = threadIdx.x; idx < kTile * row4; idx += blockDim.x) {
+      const int slot = idx / row4, c4 = idx - slot * row4;
+      const int32_t r = rows[slot];
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (r >= 0) v = reinterpret_cast<const float4*>(src.kv[from[slot]] + int64_t(r) * 2 * S)[c4];
+      reinterpret_cast<float4*>(tile)[idx] = v;
+    }
+    __syncthreads();
+  };
+  if (resident)
+    for (int ti = 0; ti < ntiles; ++ti) stage(ti);
   for (int pair0 = 0; pair0 < pairs; pair0 += blockDim.x) {
     const int pair = pair0 + threadIdx.x;
     const bool active = pair < pairs;
@@ -276,27 +308,10 @@ __global__ void pool_read_kernel(OutT* o, const float* q, int64_t ldq, Sources s
       acc[i] = 0.0f;
     }
     float mx = -INFINITY, sum = 0.0f;
-    for (int p0 = 0; p0 < total_slots; p0 += kTile) {
-      __syncthreads();
-      // The tile's slot rows first (one lookup per slot), then their keys and values as float4.
-      if (threadIdx.x < kTile) {
-        const int p = p0 + threadIdx.x;
-        int32_t r = -1;
-        if (p < total_slots) r = src.snap[p / K][(seg * B + b) * K + p % K];
-        rows[threadIdx.x] = r;
-        from[threadIdx.x] = p < total_slots ? p / K : 0;
-        valid[threadIdx.x] = r >= 0 ? 1.0f : 0.0f;
-      }
-      __syncthreads();
-      const int row4 = S / 2;  // float4s in a slot's 2S values
-      for (int idx = threadIdx.x; idx < kTile * row4; idx += blockDim.x) {
-        const int slot = idx / row4, c4 = idx - slot * row4;
-        const int32_t r = rows[slot];
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (r >= 0) v = reinterpret_cast<const float4*>(src.kv[from[slot]] + int64_t(r) * 2 * S)[c4];
-        reinterpret_cast<float4*>(tile)[idx] = v;
-      }
-      __syncthreads();
+    for (int ti = 0; ti < ntiles; ++ti) {
+      if (!resident) stage(ti);
+      const float* tile = resident ? tiles + ti * kTile * 2 * S : tiles;
+      const float* valid = resident ? valids + ti * kTile : valids;
       float sc[kTile];
       float tmax = -INFINITY;
 #pragma unroll
@@ -346,16 +361,21 @@ template <typename OutT>
 void launch_read(OutT* o, const float* q, int64_t ldq, const Sources& src, int nsrc, Segments segs,
                  int64_t B, int64_t T, int64_t K, int64_t H, int64_t dh) {
   const int S = int(H * dh);
-  const size_t smem = (size_t(kTile) * 2 * S + kTile) * sizeof(float);
+  const int64_t ntiles = (nsrc * K + kTile - 1) / kTile;
+  const size_t resident_smem = (size_t(ntiles * kTile) * 2 * S + size_t(ntiles * kTile)) * sizeof(float);
+  const int resident = resident_smem <= 160 * 1024 ? 1 : 0;
+  const size_t smem = resident ? resident_smem : (size_t(kTile) * 2 * S + kTile) * sizeof(float);
   dim3 grid(unsigned(segs.count), unsigned(B));
   const int threads = 256;
 #define MM_READ(D)                                                                                  \
   if (dh == D) {                                                                                    \
-    if (smem > 48 * 1024)                                                                           \
-      cudaFuncSetAttribute(pool_read_kernel<D, OutT>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
-                           int(smem));                                                              \
+    if (smem > 48 * 1024) {                                                                         \
+      cudaError_t e = cudaFuncSetAttribute(pool_read_kernel<D, OutT>,                              \
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)); \
+      if (e != cudaSuccess) throw Error(std::string("pool_read shared memory: ") + cudaGetErrorString(e)); \
+    }                                                                                               \
     pool_read_kernel<D, OutT><<<grid, threads, smem>>>(o, q, ldq, src, nsrc, segs, int(B), int(T), \
-                                                       int(K), int(H));                             \
+                                                       int(K), int(H), resident);                   \
     check_launch("pool_read");                                                                      \
     return;                                                                                         \
   }
@@ -410,6 +430,7 @@ void pool_read_forward(void* o, DType odt, const float* q, int64_t ldq, const Re
     src.kv[i] = sources[i].kv;
     src.snap[i] = sources[i].snap;
   }
+  if (odt == DType::tf32) throw Error("notes: activations are written as f32 or bf16, not tf32");
   if (odt == DType::f32)
     launch_read(static_cast<float*>(o), q, ldq, src, nsources, segs, B, T, K, H, dh);
   else
