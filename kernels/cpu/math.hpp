@@ -29,6 +29,34 @@ inline float exp_fast(float x) {
   return y * scale;
 }
 
+// log(x) for float x > 0 within ~2 ulp (Cephes' logf polynomial), branch-free so it vectorises.
+inline float log_fast(float x) {
+  int32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  int32_t e = ((bits >> 23) & 0xff) - 126;
+  bits = (bits & int32_t(0x807fffff)) | 0x3f000000;  // mantissa in [0.5, 1)
+  float m;
+  std::memcpy(&m, &bits, sizeof m);
+  const bool low = m < 0.707106781186547524f;
+  e -= low ? 1 : 0;
+  m = low ? m + m - 1.0f : m - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  const float fe = float(e);
+  y += -2.12194440e-4f * fe;
+  y += -0.5f * z;
+  return m + y + 0.693359375f * fe;
+}
+
 template <typename T> inline T exp_(T x) {
   if constexpr (std::is_same_v<T, float>) return exp_fast(x);
   else return std::exp(x);
@@ -40,8 +68,21 @@ template <typename T> inline T silu_grad(T x) {
   T s = sigmoid(x);
   return s * (T(1) + x * (T(1) - s));
 }
-// PyTorch's softplus (beta 1, threshold 20): linear above the threshold.
-template <typename T> inline T softplus(T x) { return x > T(20) ? x : std::log1p(exp_(x)); }
+// PyTorch's softplus (beta 1, threshold 20): linear above the threshold. The float form is
+// max(x, 0) + log1p(exp(−|x|)) with log1p(y) = log(1 + y)·y / ((1 + y) − 1), exact to rounding
+// even where 1 + y rounds to 1, and branch-free.
+template <typename T> inline T softplus(T x) {
+  if constexpr (std::is_same_v<T, float>) {
+    const float y = exp_fast(-std::fabs(x));
+    const float u = 1.0f + y;
+    const float d = u - 1.0f;
+    const float l1p = d == 0.0f ? y : log_fast(u) * (y / d);
+    const float sp = (x > 0.0f ? x : 0.0f) + l1p;
+    return x > 20.0f ? x : sp;
+  } else {
+    return x > T(20) ? x : std::log1p(std::exp(x));
+  }
+}
 template <typename T> inline T softplus_grad(T x) { return x > T(20) ? T(1) : sigmoid(x); }
 
 }  // namespace mm::cpu

@@ -21,31 +21,48 @@ template <typename T>
 void scan_forward(T* y, T* h, const T* u, int64_t ld_u, const T* dt, const T* A_log, const T* Bm,
                   const T* Cm, int64_t ld_bc, const T* D, int64_t B, int64_t T_, int64_t E,
                   int64_t N) {
-  std::vector<T> A(size_t(E * N));
-  for (int64_t i = 0; i < E * N; ++i) A[i] = -std::exp(A_log[i]);
-  const int64_t nblk = (E + kChannelBlock - 1) / kChannelBlock;
+  // A transposed to N × E (padded to whole channel blocks) so that, for one state index n, a
+  // block's channels are contiguous: the inner loops then run across 16 channels and vectorise,
+  // with no horizontal sums.
+  constexpr int64_t W = kChannelBlock;
+  const int64_t nblk = (E + W - 1) / W, Ep = nblk * W;
+  std::vector<T> At(size_t(N * Ep), T(0));
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t n = 0; n < N; ++n) At[size_t(n * Ep + e)] = -std::exp(A_log[e * N + n]);
   tbb::parallel_for(int64_t(0), B * nblk, [&](int64_t task) {
-    const int64_t b = task / nblk, e0 = (task % nblk) * kChannelBlock;
-    const int64_t e1 = std::min(E, e0 + kChannelBlock);
+    const int64_t b = task / nblk, e0 = (task % nblk) * W, ne = std::min(E, e0 + W) - e0;
     T* hb = h + b * E * N;
+    std::vector<T> hs(size_t(N * W), T(0));  // hs[n][j]: channel e0 + j, state n
+    for (int64_t j = 0; j < ne; ++j)
+      for (int64_t n = 0; n < N; ++n) hs[size_t(n * W + j)] = hb[(e0 + j) * N + n];
+    alignas(64) T delta[W], du[W], acc[W];
     for (int64_t t = 0; t < T_; ++t) {
       const int64_t row = b * T_ + t;
       const T* Bt = Bm + row * ld_bc;
       const T* Ct = Cm + row * ld_bc;
-      for (int64_t e = e0; e < e1; ++e) {
-        const T delta = softplus(dt[row * E + e]), ue = u[row * ld_u + e];
-        const T du = delta * ue;
-        T* he = hb + e * N;
-        const T* Ae = A.data() + e * N;
-        T acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t n = 0; n < N; ++n) {
-          he[n] = exp_(delta * Ae[n]) * he[n] + du * Bt[n];
-          acc += he[n] * Ct[n];
-        }
-        y[row * E + e] = acc + D[e] * ue;
+#pragma omp simd
+      for (int64_t j = 0; j < W; ++j) {
+        const bool in = j < ne;
+        const T uj = in ? u[row * ld_u + e0 + j] : T(0);
+        delta[j] = softplus(in ? dt[row * E + e0 + j] : T(0));
+        du[j] = delta[j] * uj;
+        acc[j] = in ? D[e0 + j] * uj : T(0);
       }
+      for (int64_t n = 0; n < N; ++n) {
+        const T bn = Bt[n], cn = Ct[n];
+        const T* An = At.data() + n * Ep + e0;
+        T* hn = hs.data() + n * W;
+#pragma omp simd
+        for (int64_t j = 0; j < W; ++j) {
+          const T hv = exp_(delta[j] * An[j]) * hn[j] + du[j] * bn;
+          hn[j] = hv;
+          acc[j] += hv * cn;
+        }
+      }
+      for (int64_t j = 0; j < ne; ++j) y[row * E + e0 + j] = acc[j];
     }
+    for (int64_t j = 0; j < ne; ++j)
+      for (int64_t n = 0; n < N; ++n) hb[(e0 + j) * N + n] = hs[size_t(n * W + j)];
   });
 }
 
