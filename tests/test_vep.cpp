@@ -1,0 +1,415 @@
+// memmamba vep: MM_LLR against independent whole forward passes following the documented rule
+// (SNV, MNV, insertion, deletion, multi-allelic, contig edges, N in the window, both strands),
+// skips, records and header lines kept in order, VCF.gz/BCF read back with bcftools, stdin, errors.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <cmath>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "io/tokenizer.hpp"
+#include "model/checkpoint.hpp"
+#include "pipelines/score.hpp"
+#include "pipelines/vep.hpp"
+#include "support/fixtures.hpp"
+#include "support/models.hpp"
+
+namespace fs = std::filesystem;
+using mmtest::run_cli;
+
+namespace {
+
+// chrA: 300 random bases with an N run at 0-based [150, 155); chrB: 40 bases.
+struct Fixture {
+  fs::path dir, fasta, model, vcf;
+  std::map<std::string, std::string> seq;
+  mm::Config cfg = mmtest::small_config();
+  std::unique_ptr<mm::MemMamba<float>> net;
+};
+
+struct Variant {
+  std::string contig;
+  int64_t pos0;
+  std::string id, ref, alts;  // alts: the VCF ALT column
+};
+
+Fixture& fixture() {
+  static Fixture f = [] {
+    Fixture f;
+    f.dir = mmtest::scratch("vep");
+    std::mt19937_64 rng(17);
+    auto random_bases = [&](size_t n) {
+      std::string s(n, 'A');
+      for (auto& c : s) c = "ACGT"[rng() % 4];
+      return s;
+    };
+    std::string a = random_bases(300);
+    for (size_t i = 150; i < 155; ++i) a[i] = 'N';
+    f.seq["chrA"] = a;
+    f.seq["chrB"] = random_bases(40);
+    std::string text;
+    for (const auto& name : {"chrA", "chrB"}) {
+      text += std::string(">") + name + "\n";
+      const std::string& s = f.seq[name];
+      for (size_t i = 0; i < s.size(); i += 60) text += s.substr(i, 60) + "\n";
+    }
+    f.fasta = f.dir / "ref.fa";
+    mmtest::write_text(f.fasta, text);
+    f.net = std::make_unique<mm::MemMamba<float>>(mmtest::live_model<float>(f.cfg, 23));
+    f.model = f.dir / "model.safetensors";
+    mm::Checkpoint ck{f.cfg, f.net->params(), {}};
+    mm::save_checkpoint(f.model, ck);
+    return f;
+  }();
+  return f;
+}
+
+std::string other(char c) { return c == 'A' ? "C" : c == 'C' ? "G" : c == 'G' ? "T" : "A"; }
+std::string ref_at(const std::string& contig, int64_t p, int64_t n) { return fixture().seq[contig].substr(p, n); }
+
+// The test VCF: every kind of record. Returns its records in order.
+std::vector<Variant> variants() {
+  std::vector<Variant> v;
+  auto snv = [&](const std::string& c, int64_t p, const std::string& id) {
+    const std::string r = ref_at(c, p, 1);
+    v.push_back({c, p, id, r, other(r[0])});
+  };
+  snv("chrA", 100, "snv");
+  {
+    const std::string r = ref_at("chrA", 110, 3);
+    v.push_back({"chrA", 110, "mnv", r, other(r[0]) + other(r[1]) + other(r[2])});
+  }
+  v.push_back({"chrA", 120, "ins", ref_at("chrA", 120, 1), ref_at("chrA", 120, 1) + "GGT"});
+  v.push_back({"chrA", 130, "del", ref_at("chrA", 130, 4), ref_at("chrA", 130, 1)});
+  {
+    const std::string r = ref_at("chrA", 140, 1);
+    v.push_back({"chrA", 140, "multi", r, other(r[0]) + "," + other(other(r[0])[0]) + "," + r + "TT"});
+  }
+  v.push_back({"chrA", 147, "nwin", ref_at("chrA", 147, 1), other(ref_at("chrA", 147, 1)[0])});
+  v.push_back({"chrA", 160, "sym", ref_at("chrA", 160, 1), "<DEL>"});
+  v.push_back({"chrA", 165, "symmix", ref_at("chrA", 165, 1), other(ref_at("chrA", 165, 1)[0]) + ",<DUP>"});
+  v.push_back({"chrA", 170, "span", ref_at("chrA", 170, 1), "*"});
+  v.push_back({"chrA", 180, "miss", ref_at("chrA", 180, 1), "."});
+  v.push_back({"chrA", 190, "mismatch", other(ref_at("chrA", 190, 1)[0]), ref_at("chrA", 190, 1)});
+  v.push_back({"chrA", 200, "altn", ref_at("chrA", 200, 1), "N"});
+  v.push_back({"chrZ", 10, "unknown", "A", "C"});
+  snv("chrA", 0, "first");
+  snv("chrA", 299, "last");
+  v.push_back({"chrB", 38, "lastdel", ref_at("chrB", 38, 2), ref_at("chrB", 38, 1)});
+  snv("chrB", 0, "firstB");
+  return v;
+}
+
+std::string vcf_text(const std::vector<Variant>& vs) {
+  std::string t =
+      "##fileformat=VCFv4.2\n"
+      "##source=test_vep\n"
+      "##contig=<ID=chrA,length=300>\n"
+      "##contig=<ID=chrB,length=40>\n"
+      "##contig=<ID=chrZ,length=100>\n"
+      "##INFO=<ID=DP,Number=1,Type=Integer,Description=\"Depth\">\n"
+      "##ALT=<ID=DEL,Description=\"Deletion\">\n"
+      "##ALT=<ID=DUP,Description=\"Duplication\">\n"
+      "##comment=kept as is\n"
+      "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n";
+  int dp = 1;
+  for (const auto& v : vs)
+    t += v.contig + "\t" + std::to_string(v.pos0 + 1) + "\t" + v.id + "\t" + v.ref + "\t" + v.alts +
+         "\t50\tPASS\tDP=" + std::to_string(dp++) + "\n";
+  return t;
+}
+
+fs::path input_vcf() {
+  static fs::path p = [] {
+    fs::path p = fixture().dir / "in.vcf";
+    mmtest::write_text(p, vcf_text(variants()));
+    return p;
+  }();
+  return p;
+}
+
+// Σ ln p over letters[from..] of one whole forward pass over BOS + letters (double, A/C/G/T only).
+double logp_from(const std::string& letters, size_t from) {
+  mm::MemMamba<float>& m = *fixture().net;
+  std::vector<int32_t> tk = {mm::io::tok::BOS};
+  for (uint8_t t : mm::io::encode(letters)) tk.push_back(t);
+  const int64_t T = static_cast<int64_t>(tk.size());
+  const int V = m.config().vocab;
+  std::vector<float> logits(static_cast<size_t>(T * V));
+  m.forward(tk.data(), 1, T, logits.data());
+  double sum = 0;
+  for (size_t i = from; i < letters.size(); ++i) {
+    const int32_t t = tk[i + 1];
+    if (t < 1 || t > 4) continue;
+    const float* row = logits.data() + i * V;
+    double z = 0;
+    for (int k = 1; k <= 4; ++k) z += std::exp(double(row[k]));
+    sum += double(row[t]) - std::log(z);
+  }
+  return sum;
+}
+
+std::string revcomp(const std::string& s) {
+  std::string r(s.rbegin(), s.rend());
+  for (char& c : r) c = c == 'A' ? 'T' : c == 'T' ? 'A' : c == 'C' ? 'G' : c == 'G' ? 'C' : c;
+  return r;
+}
+
+// The documented rule, computed independently.
+double expected_llr(const std::string& contig, int64_t p, const std::string& ref, const std::string& alt,
+                    int64_t U, int64_t W, bool both = false) {
+  const std::string& s = fixture().seq[contig];
+  const int64_t L = static_cast<int64_t>(s.size()), lr = static_cast<int64_t>(ref.size());
+  const int64_t b = std::max<int64_t>(0, p - U), e = std::min<int64_t>(L, p + lr + W);
+  const std::string up = s.substr(b, p - b), down = s.substr(p + lr, e - p - lr);
+  const std::string rs = up + ref + down, as = up + alt + down;
+  const double fwd = logp_from(as, up.size()) - logp_from(rs, up.size());
+  if (!both) return fwd;
+  const double rev = logp_from(revcomp(as), down.size()) - logp_from(revcomp(rs), down.size());
+  return 0.5 * (fwd + rev);
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::string cur;
+  std::istringstream in(s);
+  while (std::getline(in, cur, sep)) out.push_back(cur);
+  if (!s.empty() && s.back() == sep) out.push_back("");
+  return out;
+}
+
+struct OutRecord {
+  std::vector<std::string> cols;
+  std::map<std::string, std::string> info;
+};
+
+std::vector<OutRecord> body(const std::string& vcf) {
+  std::vector<OutRecord> out;
+  for (const auto& line : split(vcf, '\n')) {
+    if (line.empty() || line[0] == '#') continue;
+    OutRecord r;
+    r.cols = split(line, '\t');
+    for (const auto& kv : split(r.cols.at(7), ';')) {
+      const auto eq = kv.find('=');
+      r.info[kv.substr(0, eq)] = eq == std::string::npos ? "" : kv.substr(eq + 1);
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::vector<std::string> header_lines(const std::string& vcf) {
+  std::vector<std::string> out;
+  for (const auto& line : split(vcf, '\n'))
+    if (!line.empty() && line[0] == '#') out.push_back(line);
+  return out;
+}
+
+std::string base_args(const std::string& extra = "") {
+  const Fixture& f = fixture();
+  return "vep -q -m '" + f.model.string() + "' -f '" + f.fasta.string() + "' " + extra + " ";
+}
+
+void expect_llr(const std::string& got, double want, const std::string& what) {
+  ASSERT_FALSE(got.empty()) << what;
+  ASSERT_NE(got, ".") << what;
+  const double g = std::stod(got);
+  EXPECT_NEAR(g, want, 1e-4 + 2e-5 * std::fabs(want)) << what;
+}
+
+std::string shell_out(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+// Body lines with the MM_ INFO fields removed (bcftools view -H).
+std::string without_mm(const std::string& bcftools_body) {
+  std::string out;
+  for (const auto& line : split(bcftools_body, '\n')) {
+    if (line.empty()) continue;
+    auto cols = split(line, '\t');
+    std::string info;
+    for (const auto& kv : split(cols.at(7), ';'))
+      if (kv.rfind("MM_", 0) != 0) info += (info.empty() ? "" : ";") + kv;
+    cols[7] = info.empty() ? "." : info;
+    std::string l;
+    for (size_t i = 0; i < cols.size(); ++i) l += (i ? "\t" : "") + cols[i];
+    out += l + "\n";
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(Vep, ScoreWindowMatchesIndependentPasses) {
+  auto& f = fixture();
+  const std::string& s = f.seq["chrA"];
+  mm::pipelines::LocalWindow w{s.substr(40, 60), s.substr(100, 1), {other(s[100]), other(other(s[100])[0])}, s.substr(101, 30)};
+  const auto v = mm::pipelines::score_window(*f.net, w, mm::pipelines::VepStrand::fwd, 7);  // small pieces
+  ASSERT_EQ(v.size(), 2u);
+  EXPECT_NEAR(v[0], expected_llr("chrA", 100, w.ref, w.alts[0], 60, 30), 1e-4);
+  EXPECT_NEAR(v[1], expected_llr("chrA", 100, w.ref, w.alts[1], 60, 30), 1e-4);
+  const auto b = mm::pipelines::score_window(*f.net, w, mm::pipelines::VepStrand::both);
+  EXPECT_NEAR(b[0], expected_llr("chrA", 100, w.ref, w.alts[0], 60, 30, true), 1e-4);
+}
+
+TEST(Vep, ValuesFollowTheDocumentedRule) {
+  for (const auto& [U, W] : std::vector<std::pair<int64_t, int64_t>>{{50, 20}, {1024, 128}}) {
+    const std::string ctx = "--upstream " + std::to_string(U) + " --downstream " + std::to_string(W);
+    auto r = run_cli(base_args(ctx) + "'" + input_vcf().string() + "'");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto recs = body(r.out);
+    const auto vs = variants();
+    ASSERT_EQ(recs.size(), vs.size());
+    for (size_t i = 0; i < vs.size(); ++i) {
+      const auto& v = vs[i];
+      const auto& info = recs[i].info;
+      const std::string what = v.id + " " + ctx;
+      ASSERT_EQ(recs[i].cols[2], v.id);
+      if (v.id == "snv" || v.id == "mnv" || v.id == "ins" || v.id == "del" || v.id == "nwin" ||
+          v.id == "first" || v.id == "last" || v.id == "lastdel" || v.id == "firstB") {
+        expect_llr(info.count("MM_LLR") ? info.at("MM_LLR") : "", expected_llr(v.contig, v.pos0, v.ref, v.alts, U, W), what);
+        EXPECT_EQ(info.count("MM_SKIP"), 0u) << what;
+      } else if (v.id == "multi") {
+        const auto alts = split(v.alts, ',');
+        const auto got = split(info.at("MM_LLR"), ',');
+        ASSERT_EQ(got.size(), 3u) << what;
+        for (size_t k = 0; k < 3; ++k) expect_llr(got[k], expected_llr(v.contig, v.pos0, v.ref, alts[k], U, W), what);
+        EXPECT_EQ(info.count("MM_SKIP"), 0u);
+      } else if (v.id == "symmix") {
+        const auto got = split(info.at("MM_LLR"), ',');
+        ASSERT_EQ(got.size(), 2u) << what;
+        expect_llr(got[0], expected_llr(v.contig, v.pos0, v.ref, split(v.alts, ',')[0], U, W), what);
+        EXPECT_EQ(got[1], ".");
+        EXPECT_EQ(info.at("MM_SKIP"), ".,symbolic");
+      } else {
+        const std::map<std::string, std::string> reason = {
+            {"sym", "symbolic"}, {"span", "spanning_deletion"}, {"miss", "missing_alt"},
+            {"mismatch", "ref_mismatch"}, {"altn", "n_context"}, {"unknown", "contig_missing"}};
+        EXPECT_EQ(info.count("MM_LLR"), 0u) << what;
+        ASSERT_EQ(info.count("MM_SKIP"), 1u) << what;
+        EXPECT_EQ(info.at("MM_SKIP"), reason.at(v.id)) << what;
+      }
+    }
+  }
+}
+
+TEST(Vep, BothStrands) {
+  auto r = run_cli(base_args("--upstream 40 --downstream 15 --strand both") + "'" + input_vcf().string() + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto recs = body(r.out);
+  const auto vs = variants();
+  for (size_t i = 0; i < vs.size(); ++i)
+    if (vs[i].id == "snv" || vs[i].id == "ins" || vs[i].id == "del" || vs[i].id == "first" || vs[i].id == "last")
+      expect_llr(recs[i].info.at("MM_LLR"), expected_llr(vs[i].contig, vs[i].pos0, vs[i].ref, vs[i].alts, 40, 15, true), vs[i].id);
+}
+
+TEST(Vep, KeepsRecordsAndHeaderLinesInOrder) {
+  const fs::path out = fixture().dir / "kept.vcf";
+  auto r = run_cli(base_args("--upstream 30 --downstream 10 -@ 2") + "-o '" + out.string() + "' '" + input_vcf().string() + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string in_body = shell_out("bcftools view -H '" + input_vcf().string() + "'");
+  const std::string out_body = shell_out("bcftools view -H '" + out.string() + "'");
+  ASSERT_FALSE(in_body.empty());
+  EXPECT_EQ(without_mm(out_body), without_mm(in_body));
+  // Header: the input's lines first, in order, then ours; #CHROM last.
+  const auto hin = header_lines(mmtest::read_text(input_vcf()));
+  auto hout = header_lines(mmtest::read_text(out));
+  // htslib declares FILTER PASS in every header it writes (as bcftools does); the input had none.
+  const std::string pass = "##FILTER=<ID=PASS,Description=\"All filters passed\">";
+  ASSERT_EQ(hout.at(1), pass);
+  hout.erase(hout.begin() + 1);
+  ASSERT_EQ(hout.size(), hin.size() + 3);
+  for (size_t i = 0; i + 1 < hin.size(); ++i) EXPECT_EQ(hout[i], hin[i]);
+  EXPECT_EQ(hout[hin.size() - 1].rfind("##memmamba=version=", 0), 0u) << hout[hin.size() - 1];
+  EXPECT_NE(hout[hin.size() - 1].find("command=memmamba vep"), std::string::npos);
+  EXPECT_EQ(hout[hin.size()].rfind("##INFO=<ID=MM_LLR,Number=A,Type=Float,", 0), 0u);
+  EXPECT_EQ(hout[hin.size() + 1].rfind("##INFO=<ID=MM_SKIP,Number=.,Type=String,", 0), 0u);
+  EXPECT_EQ(hout.back(), hin.back());
+  // Deterministic whatever the threads and batch.
+  auto r1 = run_cli(base_args("--upstream 30 --downstream 10 -@ 1 --batch 1") + "'" + input_vcf().string() + "'");
+  ASSERT_EQ(r1.exit_code, 0);
+  EXPECT_EQ(body(r1.out).size(), body(mmtest::read_text(out)).size());
+  std::string a, b;
+  for (const auto& x : body(r1.out)) a += x.cols[7] + "\n";
+  for (const auto& x : body(mmtest::read_text(out))) b += x.cols[7] + "\n";
+  EXPECT_EQ(a, b);
+}
+
+TEST(Vep, CompressedAndBcfOutputReadBack) {
+  const auto ref = run_cli(base_args("--upstream 30 --downstream 10") + "'" + input_vcf().string() + "'");
+  ASSERT_EQ(ref.exit_code, 0) << ref.err;
+  const fs::path tmp = fixture().dir / "plain.vcf";
+  mmtest::write_text(tmp, ref.out);
+  const std::string want = shell_out("bcftools view -H '" + tmp.string() + "'");
+  for (const auto& [name, flag] : std::vector<std::pair<std::string, std::string>>{
+           {"out.vcf.gz", ""}, {"out.bcf", ""}, {"out_z", "-O z"}, {"out_b", "-O b"}}) {
+    const fs::path out = fixture().dir / name;
+    auto r = run_cli(base_args("--upstream 30 --downstream 10 " + flag) + "-o '" + out.string() + "' '" + input_vcf().string() + "'");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(shell_out("bcftools view -H '" + out.string() + "' 2>&1"), want) << name;
+    EXPECT_NE(shell_out("bcftools view -h '" + out.string() + "'").find("##memmamba="), std::string::npos);
+  }
+}
+
+TEST(Vep, ReadsStdin) {
+  const auto a = run_cli(base_args("--upstream 30 --downstream 10") + "'" + input_vcf().string() + "'");
+  const auto b = run_cli(base_args("--upstream 30 --downstream 10") + "-", input_vcf().string());
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_EQ(body(a.out).size(), variants().size());
+  std::string x, y;
+  for (const auto& r : body(a.out)) x += r.cols[7] + "\n";
+  for (const auto& r : body(b.out)) y += r.cols[7] + "\n";
+  EXPECT_EQ(x, y);
+}
+
+TEST(Vep, StrictMakesRefMismatchAnError) {
+  const fs::path out = fixture().dir / "strict.vcf";
+  auto r = run_cli(base_args("--strict") + "-o '" + out.string() + "' '" + input_vcf().string() + "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find(input_vcf().string() + ":"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("does not match"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out));
+}
+
+TEST(Vep, Errors) {
+  const Fixture& f = fixture();
+  // Missing VCF.
+  auto r = run_cli(base_args() + "'" + (f.dir / "missing.vcf").string() + "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("memmamba vep: error: " + (f.dir / "missing.vcf").string()), std::string::npos) << r.err;
+  // A garbage line names the line; no output file is left.
+  const fs::path bad = f.dir / "bad.vcf", out = f.dir / "bad_out.vcf";
+  std::string text = vcf_text(variants());
+  text += "chrA\tnot_a_number\tx\tA\tC\t.\t.\t.\n";
+  mmtest::write_text(bad, text);
+  const int line = static_cast<int>(std::count(text.begin(), text.end(), '\n'));
+  r = run_cli(base_args() + "-o '" + out.string() + "' '" + bad.string() + "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find(bad.string() + ":" + std::to_string(line) + ":"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out));
+  // Missing FASTA.
+  r = run_cli("vep -q -m '" + f.model.string() + "' -f '" + (f.dir / "missing.fa").string() + "' '" + input_vcf().string() + "'");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find((f.dir / "missing.fa").string()), std::string::npos) << r.err;
+  // No model anywhere: usage error.
+  unsetenv("MEMMAMBA_MODEL");
+  r = run_cli("vep -q -f '" + f.fasta.string() + "' '" + input_vcf().string() + "'");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  // Bad usage.
+  EXPECT_EQ(run_cli(base_args()).exit_code, 2);
+  EXPECT_EQ(run_cli(base_args("--upstream 2000000") + "'" + input_vcf().string() + "'").exit_code, 2);
+  EXPECT_EQ(run_cli(base_args("-O x") + "'" + input_vcf().string() + "'").exit_code, 2);
+  EXPECT_EQ(run_cli("vep -q -m '" + f.model.string() + "' '" + input_vcf().string() + "'").exit_code, 2);
+}
