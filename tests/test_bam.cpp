@@ -16,16 +16,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string sh(const std::string& cmd) {
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) throw std::runtime_error("cannot run " + cmd);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  if (pclose(p) != 0) throw std::runtime_error("failed: " + cmd);
-  return out;
-}
+std::string sh(const std::string& cmd) { return mmtest::shell(cmd); }
 
 long samtools_count(const std::string& args) { return std::stol(sh("samtools view -c " + args)); }
 

@@ -21,17 +21,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Runs a shell command and returns its stdout.
-std::string shell(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  pclose(p);
-  return out;
-}
+using mmtest::shell;
 
 // The sequence samtools faidx prints for a region, line breaks removed.
 std::string samtools_faidx(const fs::path& fa, const std::string& region) {

@@ -19,16 +19,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string sh(const std::string& cmd) {
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) throw std::runtime_error("cannot run " + cmd);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  if (pclose(p) != 0) throw std::runtime_error("failed: " + cmd);
-  return out;
-}
+std::string sh(const std::string& cmd) { return mmtest::shell(cmd); }
 
 // A reference held in memory; resolves "chrX" <-> "X" like the real ones may.
 class MemorySource : public SequenceSource {

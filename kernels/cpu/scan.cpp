@@ -86,18 +86,23 @@ void scan_backward(T* du, int64_t ld_du, T* ddt, T* dA_log, T* dBm, T* dCm, int6
     T* dBp = dB_part.data() + blk * B * T_ * N;
     T* dCp = dC_part.data() + blk * B * T_ * N;
     for (int64_t b = 0; b < B; ++b) {
-      // Forward again, keeping the state at each time-block start.
       std::vector<T> h(size_t(ne * N), T(0));
-      for (int64_t t = 0; t < T_; ++t) {
-        if (t % kTimeBlock == 0) std::copy(h.begin(), h.end(), saved.begin() + (t / kTimeBlock) * ne * N);
+      // One step of the recurrence for the block's channels; `keep` (or null) receives h_t.
+      auto step = [&](int64_t t, T* keep) {
         const int64_t row = b * T_ + t;
         for (int64_t e = e0; e < e1; ++e) {
           const T delta = softplus(dt[row * E + e]), dbu = delta * u[row * ld_u + e];
           for (int64_t n = 0; n < N; ++n) {
             T& hv = h[(e - e0) * N + n];
             hv = exp_(delta * A[e * N + n]) * hv + dbu * Bm[row * ld_bc + n];
+            if (keep) keep[(e - e0) * N + n] = hv;
           }
         }
+      };
+      // Forward again, keeping the state at each time-block start.
+      for (int64_t t = 0; t < T_; ++t) {
+        if (t % kTimeBlock == 0) std::copy(h.begin(), h.end(), saved.begin() + (t / kTimeBlock) * ne * N);
+        step(t, nullptr);
       }
       std::fill(g.begin(), g.end(), T(0));
       std::fill(dA.begin(), dA.end(), T(0));
@@ -105,17 +110,7 @@ void scan_backward(T* du, int64_t ld_du, T* ddt, T* dA_log, T* dBm, T* dCm, int6
         const int64_t t0 = tb * kTimeBlock, t1 = std::min(T_, t0 + kTimeBlock);
         // Recompute this block's states.
         std::copy(saved.begin() + tb * ne * N, saved.begin() + (tb + 1) * ne * N, h.begin());
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t row = b * T_ + t;
-          for (int64_t e = e0; e < e1; ++e) {
-            const T delta = softplus(dt[row * E + e]), dbu = delta * u[row * ld_u + e];
-            for (int64_t n = 0; n < N; ++n) {
-              T& hv = h[(e - e0) * N + n];
-              hv = exp_(delta * A[e * N + n]) * hv + dbu * Bm[row * ld_bc + n];
-              hs[((t - t0) * ne + (e - e0)) * N + n] = hv;
-            }
-          }
-        }
+        for (int64_t t = t0; t < t1; ++t) step(t, hs.data() + (t - t0) * ne * N);
         for (int64_t t = t1 - 1; t >= t0; --t) {
           const int64_t row = b * T_ + t;
           const T* Bt = Bm + row * ld_bc;

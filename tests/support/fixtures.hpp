@@ -28,6 +28,9 @@ struct RunResult {
 // Runs `memmamba <args>` through the shell (args are shell words, quote yourself), optional stdin file.
 RunResult run_cli(const std::string& args, const std::string& stdin_file = {});
 
+// Runs a shell command and returns its stdout; throws when it cannot start or exits non-zero.
+std::string shell(const std::string& cmd);
+
 std::string read_text(const fs::path& p);
 void write_text(const fs::path& p, const std::string& s);
 // Decompresses a gzip file to dst with zlib (plain gzip or bgzip).
