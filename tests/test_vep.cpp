@@ -97,6 +97,11 @@ std::vector<Variant> variants() {
   v.push_back({"chrA", 190, "mismatch", other(ref_at("chrA", 190, 1)[0]), ref_at("chrA", 190, 1)});
   v.push_back({"chrA", 200, "altn", ref_at("chrA", 200, 1), "N"});
   v.push_back({"chrZ", 10, "unknown", "A", "C"});
+  {
+    const std::string r = ref_at("chrA", 210, 2);
+    v.push_back({"chrA", 210, "complex", r, other(r[0]) + "TTA"});
+  }
+  v.push_back({"chrA", 220, "bnd", ref_at("chrA", 220, 1), ref_at("chrA", 220, 1) + "[chrB:5["});
   snv("chrA", 0, "first");
   snv("chrA", 299, "last");
   v.push_back({"chrB", 38, "lastdel", ref_at("chrB", 38, 2), ref_at("chrB", 38, 1)});
@@ -277,7 +282,7 @@ TEST(Vep, ValuesFollowTheDocumentedRule) {
       const std::string what = v.id + " " + ctx;
       ASSERT_EQ(recs[i].cols[2], v.id);
       if (v.id == "snv" || v.id == "mnv" || v.id == "ins" || v.id == "del" || v.id == "nwin" ||
-          v.id == "first" || v.id == "last" || v.id == "lastdel" || v.id == "firstB") {
+          v.id == "first" || v.id == "last" || v.id == "lastdel" || v.id == "firstB" || v.id == "complex") {
         expect_llr(info.count("MM_LLR") ? info.at("MM_LLR") : "", expected_llr(v.contig, v.pos0, v.ref, v.alts, U, W), what);
         EXPECT_EQ(info.count("MM_SKIP"), 0u) << what;
       } else if (v.id == "multi") {
@@ -295,7 +300,7 @@ TEST(Vep, ValuesFollowTheDocumentedRule) {
       } else {
         const std::map<std::string, std::string> reason = {
             {"sym", "symbolic"}, {"span", "spanning_deletion"}, {"miss", "missing_alt"},
-            {"mismatch", "ref_mismatch"}, {"altn", "n_context"}, {"unknown", "contig_missing"}};
+            {"mismatch", "ref_mismatch"}, {"altn", "n_context"}, {"unknown", "contig_missing"}, {"bnd", "breakend"}};
         EXPECT_EQ(info.count("MM_LLR"), 0u) << what;
         ASSERT_EQ(info.count("MM_SKIP"), 1u) << what;
         EXPECT_EQ(info.at("MM_SKIP"), reason.at(v.id)) << what;
