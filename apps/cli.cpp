@@ -112,8 +112,10 @@ std::string command_line(int argc, char** argv) {
   for (int i = 0; i < argc; ++i) {
     std::string a = argv[i];
     bool quote = a.empty() || a.find_first_of(" \t'\"$`\\|&;<>()*?") != std::string::npos;
-    s += " ";
-    s += quote ? "'" + a + "'" : a;
+    s += ' ';
+    if (quote) s += '\'';
+    s += a;
+    if (quote) s += '\'';
   }
   return s;
 }

@@ -412,7 +412,10 @@ int main(int argc, char** argv) {
         mm::Checkpoint ck{cfg, model.params(), {}};
         auto join = [](const std::vector<int64_t>& v) {
           std::string s;
-          for (auto x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+          for (auto x : v) {
+            if (!s.empty()) s += ',';
+            s += std::to_string(x);
+          }
           return s;
         };
         ck.metadata["memmamba.task"] = "dna-passkey-recall";

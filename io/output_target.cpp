@@ -18,7 +18,10 @@ OutputTarget::OutputTarget(std::string destination) : dest_(std::move(destinatio
   in_place_ = is_special_output(dest_);
   if (in_place_) return;
   std::filesystem::path p(dest_);
-  std::string name = "." + p.filename().string() + ".tmp" + std::to_string(::getpid());
+  std::string name(".");  // built by appends: GCC 12 warns falsely (-Wrestrict) on "lit" + string
+  name += p.filename().string();
+  name += ".tmp";
+  name += std::to_string(::getpid());
   temp_ = (p.parent_path() / name).string();
 }
 
