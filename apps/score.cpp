@@ -14,6 +14,7 @@
 #include "apps/model_path.hpp"
 #include "memmamba/version.hpp"
 #include "model/checkpoint.hpp"
+#include "model/stream_model.hpp"
 #include "pipelines/score.hpp"
 
 namespace mm::cli {
@@ -55,9 +56,9 @@ const std::vector<Option> kOptions = {
     {0, "value", "WHAT", "logp, entropy or both (both: TSV only)", "logp"},
     {0, "strand", "S", "fwd, rev (reverse complement, values at forward coordinates) or both (mean of fwd and rev)", "fwd"},
     {0, "context", "INT", "bases read upstream of each region (downstream on rev) before values are written", "0"},
-    {0, "piece", "INT", "bases per forward pass (memory, not results)", "16384"},
+    {0, "piece", "INT", "bases per forward pass (memory, not results) [cuda: 1048576]", "16384"},
     {'@', "threads", "INT", "worker threads (0: all cores)", "0"},
-    {0, "device", "DEV", "auto or cpu (score runs on the CPU in this version)", "auto"},
+    {0, "device", "DEV", "auto, cpu or cuda (auto: cuda when built with it and a GPU is present)", "auto"},
     {'q', "quiet", "", "no notes on stderr", ""},
 };
 
@@ -151,10 +152,13 @@ int score_main(int argc, char** argv) {
     if (o.piece <= 0) throw UsageError("--piece wants a positive number of bases");
     const long threads = args.get_int("threads");
     if (threads < 0) throw UsageError("-@/--threads wants a number >= 0");
-    const std::string dev = args.get("device");
-    if (dev.rfind("cuda", 0) == 0)
-      throw UsageError("--device " + dev + ": score runs on the CPU in this version (use --device cpu or auto)");
-    if (dev != "auto" && dev != "cpu") throw UsageError("--device wants auto or cpu, got '" + dev + "'");
+    std::string dev = args.get("device");
+    if (dev != "auto" && dev != "cpu" && dev != "cuda") throw UsageError("--device wants auto, cpu or cuda, got '" + dev + "'");
+    if (dev == "auto") dev = cuda_stream_model_available() ? "cuda" : "cpu";
+    if (dev == "cuda" && !cuda_stream_model_available())
+      throw UsageError("--device cuda: no CUDA device here, or this build has no CUDA backend");
+    // The GPU wants long pieces; results do not depend on the piece length.
+    if (dev == "cuda" && !args.has("piece")) o.piece = int64_t(1) << 20;
 
     std::unique_ptr<tbb::global_control> limit;
     if (threads > 0)
@@ -164,12 +168,20 @@ int score_main(int argc, char** argv) {
     const Reporter rep = stderr_reporter("score", args.flag("quiet"));
     const std::string model_path = resolve_model_path(args.has("model") ? args.get("model") : "");
     Checkpoint ckpt = load_checkpoint(model_path);
-    MemMamba<float> model(ckpt.config, std::move(ckpt.params));
+    std::unique_ptr<MemMamba<float>> cpu_model;
+    std::unique_ptr<StreamModel> stream;
+    if (dev == "cuda") {
+      stream = make_cuda_stream_model(ckpt.config, ckpt.params);
+    } else {
+      cpu_model = std::make_unique<MemMamba<float>>(ckpt.config, std::move(ckpt.params));
+      stream = std::make_unique<CpuStreamModel>(*cpu_model);
+    }
+    rep.say("device: " + dev);
     o.version = kVersion;
     o.command_line = command_line(argc, argv);
 
     const auto t0 = std::chrono::steady_clock::now();
-    const auto stats = pipelines::score(model, o, rep);
+    const auto stats = pipelines::score(*stream, o, rep);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     char line[256];
     std::snprintf(line, sizeof line,

@@ -36,23 +36,32 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 // ---------------------------------------------------------------------------------------------
 // StreamScorer
 
+StreamScorer::StreamScorer(StreamModel& model, int64_t piece)
+    : model_(&model), piece_(std::max<int64_t>(1, piece)) {
+  start();
+}
+
 StreamScorer::StreamScorer(MemMamba<float>& model, int64_t piece)
-    : model_(model), piece_(std::max<int64_t>(1, piece)) {
-  if (model_.config().vocab <= io::tok::BOS)
-    throw Error("the model's vocabulary (" + std::to_string(model_.config().vocab) +
+    : owned_(std::make_unique<CpuStreamModel>(model)), model_(owned_.get()), piece_(std::max<int64_t>(1, piece)) {
+  start();
+}
+
+void StreamScorer::start() {
+  if (model_->config().vocab <= io::tok::BOS)
+    throw Error("the model's vocabulary (" + std::to_string(model_->config().vocab) +
                 ") has no BOS token: not a DNA model of this format");
   reset();
 }
 
 void StreamScorer::reset() {
-  state_ = model_.new_state(1);
+  model_->reset();
   started_ = false;
   fed_ = 0;
 }
 
 void StreamScorer::run(const int32_t* tk, int64_t n) {
-  logits_.resize(static_cast<size_t>(n) * static_cast<size_t>(model_.config().vocab));
-  model_.forward(tk, 1, n, logits_.data(), &state_);
+  logits_.resize(static_cast<size_t>(n) * static_cast<size_t>(model_->config().vocab));
+  model_->forward(tk, n, logits_.data());
 }
 
 void row_values(const float* row, uint8_t token, float* logp, float* entropy) {
@@ -80,7 +89,7 @@ void row_values(const float* row, uint8_t token, float* logp, float* entropy) {
 }
 
 void StreamScorer::feed(const uint8_t* tokens, size_t n, float* logp, float* entropy) {
-  const size_t V = static_cast<size_t>(model_.config().vocab);
+  const size_t V = static_cast<size_t>(model_->config().vocab);
   size_t done = 0;
   while (done < n) {
     const size_t m = std::min(n - done, static_cast<size_t>(piece_));
@@ -460,6 +469,11 @@ void score_streaming(Ctx& c) {
 // ---------------------------------------------------------------------------------------------
 
 ScoreStats score(MemMamba<float>& model, const ScoreOptions& options, const Reporter& rep) {
+  CpuStreamModel cpu(model);
+  return score(cpu, options, rep);
+}
+
+ScoreStats score(StreamModel& model, const ScoreOptions& options, const Reporter& rep) {
   ScoreOptions o = options;
   if (o.value == ScoreValue::both && o.format != ScoreFormat::tsv)
     throw UsageError("--value both writes two columns: use -O tsv");

@@ -21,6 +21,7 @@
 
 #include "io/error.hpp"
 #include "model/memmamba.hpp"
+#include "model/stream_model.hpp"
 
 namespace mm::pipelines {
 
@@ -29,7 +30,8 @@ namespace mm::pipelines {
 class StreamScorer {
 public:
   // `piece`: most tokens per forward call (bounds memory; any value gives the same results).
-  explicit StreamScorer(MemMamba<float>& model, int64_t piece = 16384);
+  explicit StreamScorer(StreamModel& model, int64_t piece = 16384);
+  explicit StreamScorer(MemMamba<float>& model, int64_t piece = 16384);  // on the CPU
   // Starts a new stream: the next feed() begins with BOS.
   void reset();
   // Feeds n tokens (A C G T N; no BOS) and writes, for each, ln p(token) and the entropy of its
@@ -38,10 +40,11 @@ public:
   int64_t fed() const { return fed_; }  // tokens fed since reset (BOS excluded)
 
 private:
+  void start();
   void run(const int32_t* tk, int64_t n);  // forward over tk into logits_
-  MemMamba<float>& model_;
+  std::unique_ptr<StreamModel> owned_;  // the CPU wrapper when built from a MemMamba
+  StreamModel* model_;
   int64_t piece_;
-  StreamState<float> state_;
   bool started_ = false;
   int64_t fed_ = 0;
   std::vector<float> pending_;  // logits row of the last token fed (predicts the next)
@@ -82,6 +85,7 @@ std::vector<std::string> split_region_list(const std::string& text);
 
 // Runs the whole command. Throws mm::Error / mm::UsageError; a failed run leaves no output file
 // (stdout is streamed as it goes).
+ScoreStats score(StreamModel& model, const ScoreOptions& o, const Reporter& rep);
 ScoreStats score(MemMamba<float>& model, const ScoreOptions& o, const Reporter& rep);
 
 }  // namespace mm::pipelines

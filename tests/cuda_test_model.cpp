@@ -9,6 +9,7 @@
 #include "kernels/cuda/ops.hpp"
 #include "model/memmamba.hpp"
 #include "model/memmamba_cuda.hpp"
+#include "model/stream_model.hpp"
 #include "support/compare.hpp"
 #include "support/fixtures.hpp"
 #include "support/models.hpp"
@@ -115,4 +116,24 @@ TEST(CudaModel, StreamingPiecesMatchTheWholePass) {
   std::vector<float> pieced(whole.size(), NAN);
   gpu.forward(tok.data(), B, T, pieced.data());
   EXPECT_LT(mmtest::rel_error(pieced, whole), 1e-5);
+}
+
+TEST(CudaModel, StreamModelMatchesTheCpuStreamModel) {
+  NEED_GPU();
+  auto cfg = mmtest::small_config(true);
+  mm::MemMamba<float> cpu = mmtest::live_model<float>(cfg, 15);
+  mm::CpuStreamModel a(cpu);
+  auto b = mm::make_cuda_stream_model(cfg, cpu.params());
+  auto tok = mmtest::random_tokens(200, 9);
+  for (int round = 0; round < 2; ++round) {  // the second round checks reset()
+    a.reset();
+    b->reset();
+    std::vector<float> la(tok.size() * size_t(cfg.vocab)), lb(la.size(), NAN);
+    for (int64_t t0 : {0, 37, 150}) {
+      const int64_t len = (t0 == 0 ? 37 : t0 == 37 ? 113 : 50);
+      a.forward(tok.data() + t0, len, la.data() + t0 * cfg.vocab);
+      b->forward(tok.data() + t0, len, lb.data() + t0 * cfg.vocab);
+    }
+    EXPECT_LT(mmtest::rel_error(lb, la), 2e-2) << "round " << round;
+  }
 }
