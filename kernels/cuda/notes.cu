@@ -9,25 +9,15 @@
 // memory in tiles, one thread per (token, head) with an online softmax over the tiles.
 #include "kernels/cuda/notes.hpp"
 
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-
 #include <string>
 
-#include "io/error.hpp"
+#include "kernels/cuda/common.cuh"
 
 namespace mm::cuda {
 
 namespace {
 
-void check_launch(const char* what) {
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) throw Error(std::string("CUDA launch of ") + what + " failed: " + cudaGetErrorString(e));
-}
-
-void require(bool ok, const std::string& what) {
-  if (!ok) throw Error("CUDA note op refused: " + what);
-}
+void require(bool ok, const std::string& what) { detail::require(ok, "notes", what); }
 
 constexpr int kMaxSlots = 128;  // K the pool kernels hold in shared memory
 
@@ -238,12 +228,6 @@ struct Sources {
   const int32_t* snap[kMaxReadSources];
 };
 
-template <typename OutT>
-__device__ inline void store(OutT* p, float v);
-template <>
-__device__ inline void store<float>(float* p, float v) { *p = v; }
-template <>
-__device__ inline void store<__nv_bfloat16>(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
 
 constexpr int kTile = 32;  // slots per shared-memory tile
 
@@ -352,7 +336,7 @@ __global__ void pool_read_kernel(OutT* o, const float* q, int64_t ldq, Sources s
     if (active) {
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
 #pragma unroll
-      for (int i = 0; i < DH; ++i) store(o + row * S + h * DH + i, acc[i] * inv);
+      for (int i = 0; i < DH; ++i) detail::store(o + row * S + h * DH + i, acc[i] * inv);
     }
   }
 }
@@ -370,13 +354,12 @@ void launch_read(OutT* o, const float* q, int64_t ldq, const Sources& src, int n
 #define MM_READ(D)                                                                                  \
   if (dh == D) {                                                                                    \
     if (smem > 48 * 1024) {                                                                         \
-      cudaError_t e = cudaFuncSetAttribute(pool_read_kernel<D, OutT>,                              \
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)); \
-      if (e != cudaSuccess) throw Error(std::string("pool_read shared memory: ") + cudaGetErrorString(e)); \
+      MM_CUDA_CHECK(cudaFuncSetAttribute(pool_read_kernel<D, OutT>,                                \
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));  \
     }                                                                                               \
     pool_read_kernel<D, OutT><<<grid, threads, smem>>>(o, q, ldq, src, nsrc, segs, int(B), int(T), \
                                                        int(K), int(H), resident);                   \
-    check_launch("pool_read");                                                                      \
+    MM_CUDA_LAUNCH_CHECK("pool_read");                                                                      \
     return;                                                                                         \
   }
   MM_READ(4)
@@ -395,14 +378,14 @@ void note_scale_forward(float* n, int64_t ldn, const float* s, const float* m, i
   if (M == 0) return;
   const int64_t total = M * S;
   note_scale_kernel<<<unsigned((total + 255) / 256), 256>>>(n, ldn, s, m, ldm, M, S);
-  check_launch("note_scale");
+  MM_CUDA_LAUNCH_CHECK("note_scale");
 }
 
 void gather_rows(float* dst, const float* src, const int32_t* rows, int64_t R, int64_t S) {
   require(R >= 0 && S > 0, "gather_rows sizes");
   if (R == 0) return;
   gather_rows_kernel<<<unsigned((R * S + 255) / 256), 256>>>(dst, src, rows, R, S);
-  check_launch("gather_rows");
+  MM_CUDA_LAUNCH_CHECK("gather_rows");
 }
 
 void pool_evolve(int32_t* snap, PoolState state, int32_t* pool_rows, int32_t* cand_rows,
@@ -413,10 +396,10 @@ void pool_evolve(int32_t* snap, PoolState state, int32_t* pool_rows, int32_t* ca
   if (segs.count > 0) {
     dim3 grid(unsigned(segs.count), unsigned(B));
     segment_candidates_kernel<<<grid, 256>>>(scratch, s, segs, int(B), int(T), int(K), tau);
-    check_launch("segment_candidates");
+    MM_CUDA_LAUNCH_CHECK("segment_candidates");
   }
   pool_walk_kernel<<<unsigned(B), 32>>>(snap, state, pool_rows, cand_rows, scratch, pos0, segs, int(B), int(T), int(K));
-  check_launch("pool_walk");
+  MM_CUDA_LAUNCH_CHECK("pool_walk");
 }
 
 void pool_read_forward(void* o, DType odt, const float* q, int64_t ldq, const ReadSource* sources,
