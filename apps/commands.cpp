@@ -7,11 +7,13 @@ int pretrain_main(int argc, char** argv);
 int info_main(int argc, char** argv);
 int score_main(int argc, char** argv);
 int vep_main(int argc, char** argv);
+int embed_main(int argc, char** argv);
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> list = {
       {"score", "per-base log-probability / entropy of a reference (bedGraph, bigWig, TSV)", score_main},
       {"vep", "variant effect scores (MM_LLR: log-likelihood ratio ALT vs REF) added to a VCF/BCF", vep_main},
+      {"embed", "one vector per sequence or region from a chosen layer (mean or last pooling; .npy or TSV)", embed_main},
       {"pretrain", "train a model on FASTA/BAM/CRAM (CPU), with held-out validation and a Markov reference", pretrain_main},
       {"info", "a checkpoint's config, parameter counts, provenance and model card", info_main},
       {"bench", "speed of the model and its kernels on this machine", bench_main},
