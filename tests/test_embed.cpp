@@ -313,3 +313,13 @@ TEST(Embed, Errors) {
   r = run_cli(m);  // no FASTA
   EXPECT_EQ(r.exit_code, 2);
 }
+
+TEST(Embed, ReadsAFastaFromStdin) {
+  const Fixture& f = fixture();
+  const std::string m = "embed -q -m '" + f.model.string() + "' ";
+  auto r = run_cli(m + "-", f.fasta.string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, run_cli(base("")).out);
+  r = run_cli(m + "-r seqA:1-10 -", f.fasta.string());  // regions need an indexed file
+  EXPECT_EQ(r.exit_code, 2);
+}
