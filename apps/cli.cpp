@@ -51,7 +51,7 @@ bool Args::parse(int argc, char** argv) {
     if (!opt) throw UsageError("unknown option '" + a + "' (see 'memmamba " + command_ + " --help')");
     if (opt->arg.empty()) {
       if (inline_value) throw UsageError("option --" + opt->long_name + " takes no value");
-      values_[opt->long_name] = "1";
+      values_[opt->long_name].assign(1, '1');  // not = "1": GCC 12 warns falsely (-Wrestrict)
       continue;
     }
     if (!inline_value) {
@@ -59,8 +59,19 @@ bool Args::parse(int argc, char** argv) {
       inline_value = argv[++i];
     }
     values_[opt->long_name] = *inline_value;
+    all_values_[opt->long_name].push_back(*inline_value);
   }
   return true;
+}
+
+std::vector<std::string> Args::get_all(const std::string& long_name) const {
+  find(long_name);
+  auto it = all_values_.find(long_name);
+  return it == all_values_.end() ? std::vector<std::string>{} : it->second;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 std::string Args::help() const {

@@ -28,7 +28,8 @@ public:
 
   bool has(const std::string& long_name) const;           // given on the command line
   bool flag(const std::string& long_name) const { return has(long_name); }
-  std::string get(const std::string& long_name) const;    // value or default
+  std::string get(const std::string& long_name) const;    // value or default (the last if repeated)
+  std::vector<std::string> get_all(const std::string& long_name) const;  // every value given, in order
   long get_int(const std::string& long_name) const;
   double get_double(const std::string& long_name) const;
   const std::vector<std::string>& positional() const { return positional_; }
@@ -38,6 +39,7 @@ private:
   std::string command_, usage_;
   std::vector<Option> options_;
   std::map<std::string, std::string> values_;
+  std::map<std::string, std::vector<std::string>> all_values_;
   std::vector<std::string> positional_;
 };
 
@@ -51,5 +53,7 @@ Reporter stderr_reporter(const std::string& command, bool quiet);
 // "memmamba <command> <args>" from a command's argc/argv (argv[0] is the command's name), for
 // provenance lines.
 std::string command_line(int argc, char** argv);
+
+bool ends_with(const std::string& s, const std::string& suffix);
 
 }  // namespace mm::cli

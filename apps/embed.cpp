@@ -47,45 +47,6 @@ const std::vector<Option> kOptions = {
     {'q', "quiet", "", "no notes on stderr", ""},
 };
 
-bool takes_value(char short_name, const std::string& long_name) {
-  for (const auto& o : kOptions)
-    if ((short_name && o.short_name == short_name) || (!long_name.empty() && o.long_name == long_name))
-      return !o.arg.empty();
-  return false;
-}
-
-// Every -r/--region value in order (Args keeps only the last of a repeated option).
-std::vector<std::string> region_values(int argc, char** argv) {
-  std::vector<std::string> out;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--") break;
-    if (a.size() < 2 || a[0] != '-') continue;
-    if (a.rfind("--", 0) == 0) {
-      std::string name = a.substr(2);
-      const auto eq = name.find('=');
-      if (eq != std::string::npos) {
-        if (name.substr(0, eq) == "region") out.push_back(name.substr(eq + 1));
-        continue;
-      }
-      if (takes_value(0, name) && i + 1 < argc) {
-        if (name == "region") out.push_back(argv[i + 1]);
-        ++i;
-      }
-      continue;
-    }
-    if (!takes_value(a[1], "")) continue;
-    std::string v;
-    if (a.size() > 2) v = a.substr(2);
-    else if (i + 1 < argc) v = argv[++i];
-    if (a[1] == 'r') out.push_back(v);
-  }
-  return out;
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 }  // namespace
 
@@ -101,7 +62,7 @@ int embed_main(int argc, char** argv) {
                                                  : "give one FASTA; extra argument '" + args.positional()[1] + "'");
     pipelines::EmbedOptions o;
     o.fasta = args.positional()[0];
-    for (const auto& v : region_values(argc, argv))
+    for (const auto& v : args.get_all("region"))
       for (auto& r : pipelines::split_region_list(v)) o.regions.push_back(r);
     if (args.has("region") && o.regions.empty()) throw UsageError("-r/--region wants chr:beg-end");
     o.regions_bed = args.get("regions");
