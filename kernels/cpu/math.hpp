@@ -2,6 +2,7 @@
 // exp_fast<float> is branch-free and inlinable, so loops that call it vectorise (the scan spends
 // E·N exponentials per token); float64 keeps std::exp for the golden and gradient checks.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -9,11 +10,15 @@
 
 namespace mm::cpu {
 
-// exp(x) for float within ~2 ulp (Cephes' expf polynomial on a ln 2 range reduction);
-// inputs are clamped to [−87.3, 88.7] (results below FLT_MIN flush towards 0).
+// exp(x) for float within ~2 ulp (Cephes' expf polynomial on a ln 2 range reduction). Written
+// without float ternaries, std::floor or fmin/fmax, none of which GCC vectorises without
+// -ffast-math: the floor is a conversion, and the clamp is on the integer exponent (below
+// 2^-126 the result is 0, above 2^127 it is inf).
 inline float exp_fast(float x) {
-  x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float y0 = x * 1.44269504088896341f + 0.5f;
+  int32_t i = int32_t(y0);
+  i -= int32_t(y0 < float(i));  // floor
+  const float n = float(i);
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   const float z = r * r;
   float p = 1.9875691500e-4f;
@@ -23,7 +28,8 @@ inline float exp_fast(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float y = p * z + r + 1.0f;
-  const int32_t bits = (int32_t(n) + 127) << 23;
+  i = std::min(std::max(i, -127), 128);
+  const int32_t bits = (i + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return y * scale;
@@ -37,9 +43,9 @@ inline float log_fast(float x) {
   bits = (bits & int32_t(0x807fffff)) | 0x3f000000;  // mantissa in [0.5, 1)
   float m;
   std::memcpy(&m, &bits, sizeof m);
-  const bool low = m < 0.707106781186547524f;
-  e -= low ? 1 : 0;
-  m = low ? m + m - 1.0f : m - 1.0f;
+  const int32_t low = int32_t(m < 0.707106781186547524f);
+  e -= low;
+  m = m - 1.0f + float(low) * m;  // below √½: 2m − 1 with the exponent one lower
   const float z = m * m;
   float y = 7.0376836292e-2f;
   y = y * m - 1.1514610310e-1f;
@@ -69,16 +75,17 @@ template <typename T> inline T silu_grad(T x) {
   return s * (T(1) + x * (T(1) - s));
 }
 // PyTorch's softplus (beta 1, threshold 20): linear above the threshold. The float form is
-// max(x, 0) + log1p(exp(−|x|)) with log1p(y) = log(1 + y)·y / ((1 + y) − 1), exact to rounding
-// even where 1 + y rounds to 1, and branch-free.
+// max(x, 0) + log1p(exp(−|x|)) with log1p(y) = log(1 + y)·y / ((1 + y) − 1), accurate even where
+// 1 + y rounds to 1, and branch-free.
 template <typename T> inline T softplus(T x) {
   if constexpr (std::is_same_v<T, float>) {
+    // Above 20, x + log1p(e^−x) rounds to x in float, so PyTorch's threshold needs no branch.
+    // log1p(y) = log(u)·y/(u − 1) with u = 1 + y; where u rounds to 1 (y < 6e-8) it gives 0
+    // instead of y, an absolute error below 6e-8.
     const float y = exp_fast(-std::fabs(x));
     const float u = 1.0f + y;
-    const float d = u - 1.0f;
-    const float l1p = d == 0.0f ? y : log_fast(u) * (y / d);
-    const float sp = (x > 0.0f ? x : 0.0f) + l1p;
-    return x > 20.0f ? x : sp;
+    const float l1p = log_fast(u) * (y / ((u - 1.0f) + 1e-30f));
+    return 0.5f * (x + std::fabs(x)) + l1p;
   } else {
     return x > T(20) ? x : std::log1p(std::exp(x));
   }
