@@ -40,13 +40,22 @@ void scan_forward(T* y, T* h, const T* u, int64_t ld_u, const T* dt, const T* A_
       const int64_t row = b * T_ + t;
       const T* Bt = Bm + row * ld_bc;
       const T* Ct = Cm + row * ld_bc;
+      const T* ut = u + row * ld_u + e0;
+      const T* dtt = dt + row * E + e0;
+      if (ne == W) {  // a whole block: no conditions, so the softplus runs 8-wide too
 #pragma omp simd
-      for (int64_t j = 0; j < W; ++j) {
-        const bool in = j < ne;
-        const T uj = in ? u[row * ld_u + e0 + j] : T(0);
-        delta[j] = softplus(in ? dt[row * E + e0 + j] : T(0));
-        du[j] = delta[j] * uj;
-        acc[j] = in ? D[e0 + j] * uj : T(0);
+        for (int64_t j = 0; j < W; ++j) {
+          delta[j] = softplus(dtt[j]);
+          du[j] = delta[j] * ut[j];
+          acc[j] = D[e0 + j] * ut[j];
+        }
+      } else {  // the last, partial block: padding channels carry zeros
+        for (int64_t j = 0; j < W; ++j) {
+          const bool in = j < ne;
+          delta[j] = in ? softplus(dtt[j]) : T(0);
+          du[j] = in ? delta[j] * ut[j] : T(0);
+          acc[j] = in ? D[e0 + j] * ut[j] : T(0);
+        }
       }
       for (int64_t n = 0; n < N; ++n) {
         const T bn = Bt[n], cn = Ct[n];
