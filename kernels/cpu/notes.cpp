@@ -112,15 +112,22 @@ void pool_attention_forward(T* o, T* P, const T* q, int64_t ldq, const T* keys, 
       T mx = -INFINITY;
       for (int64_t j = 0; j < m; ++j) {
         T a = 0;
-        for (int64_t i = 0; i < dh; ++i) a += qh[i] * keys[j * S + h * dh + i];
+        const T* kj = keys + j * S + h * dh;
+#pragma omp simd reduction(+ : a)
+        for (int64_t i = 0; i < dh; ++i) a += qh[i] * kj[i];
         p[j] = a * scale;
         mx = std::max(mx, p[j]);
       }
       T sum = 0;
-      for (int64_t j = 0; j < m; ++j) sum += (p[j] = std::exp(p[j] - mx));
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < m; ++j) sum += (p[j] = exp_(p[j] - mx));
       for (int64_t j = 0; j < m; ++j) {
         p[j] /= sum;
-        for (int64_t i = 0; i < dh; ++i) orow[h * dh + i] += p[j] * vals[j * S + h * dh + i];
+        const T pj = p[j];
+        const T* vj = vals + j * S + h * dh;
+        T* oh = orow + h * dh;
+#pragma omp simd
+        for (int64_t i = 0; i < dh; ++i) oh[i] += pj * vj[i];
       }
     }
   });
