@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "memmamba/version.hpp"
+#include "pipelines/score.hpp"  // split_region_list
 
 namespace mm::cli {
 
@@ -68,6 +69,22 @@ std::vector<std::string> Args::get_all(const std::string& long_name) const {
   find(long_name);
   auto it = all_values_.find(long_name);
   return it == all_values_.end() ? std::vector<std::string>{} : it->second;
+}
+
+SequenceInputs sequence_inputs(const Args& args, const std::string& command, const std::string& what) {
+  const auto& pos = args.positional();
+  if (pos.size() != 1)
+    throw UsageError(pos.empty() ? "give the " + what + " (see 'memmamba " + command + " --help')"
+                                 : "give one " + what + "; extra argument '" + pos[1] + "'");
+  SequenceInputs in;
+  in.fasta = pos[0];
+  for (const auto& v : args.get_all("region"))
+    for (auto& r : pipelines::split_region_list(v)) in.regions.push_back(r);
+  if (args.has("region") && in.regions.empty()) throw UsageError("-r/--region wants chr:beg-end");
+  in.regions_bed = args.get("regions");
+  in.output = args.get("output");
+  if (in.output.empty()) throw UsageError("-o/--output wants a file name or '-'");
+  return in;
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {

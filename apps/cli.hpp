@@ -56,4 +56,13 @@ std::string command_line(int argc, char** argv);
 
 bool ends_with(const std::string& s, const std::string& suffix);
 
+// What score and embed take alike: one FASTA, -r regions (repeatable, comma lists), -R BED, -o.
+struct SequenceInputs {
+  std::string fasta, regions_bed, output;
+  std::vector<std::string> regions;
+};
+// Throws UsageError for a missing or extra FASTA, an empty -r or an empty -o; `what` names the
+// FASTA in messages ("reference FASTA").
+SequenceInputs sequence_inputs(const Args& args, const std::string& command, const std::string& what);
+
 }  // namespace mm::cli

@@ -62,7 +62,6 @@ const std::vector<Option> kOptions = {
     {'q', "quiet", "", "no notes on stderr", ""},
 };
 
-
 }  // namespace
 
 int score_main(int argc, char** argv) {
@@ -72,17 +71,12 @@ int score_main(int argc, char** argv) {
       std::cout << args.help() << kNotes;
       return 0;
     }
-    if (args.positional().size() != 1)
-      throw UsageError(args.positional().empty() ? "give the reference FASTA (see 'memmamba score --help')"
-                                                 : "give one reference FASTA; extra argument '" + args.positional()[1] + "'");
+    const SequenceInputs in = sequence_inputs(args, "score", "reference FASTA");
     pipelines::ScoreOptions o;
-    o.fasta = args.positional()[0];
-    for (const auto& v : args.get_all("region"))
-      for (auto& r : pipelines::split_region_list(v)) o.regions.push_back(r);
-    if (args.has("region") && o.regions.empty()) throw UsageError("-r/--region wants chr:beg-end");
-    o.regions_bed = args.get("regions");
-    o.output = args.get("output");
-    if (o.output.empty()) throw UsageError("-o/--output wants a file name or '-'");
+    o.fasta = in.fasta;
+    o.regions = in.regions;
+    o.regions_bed = in.regions_bed;
+    o.output = in.output;
 
     std::string fmt = args.has("output-type") ? args.get("output-type") : "";
     if (fmt.empty()) {
