@@ -39,11 +39,7 @@ Fixture& fixture() {
     Fixture f;
     f.dir = mmtest::scratch("embed");
     std::mt19937_64 rng(5);
-    auto random_bases = [&](size_t n) {
-      std::string s(n, 'A');
-      for (auto& c : s) c = "ACGT"[rng() % 4];
-      return s;
-    };
+    auto random_bases = [&](size_t n) { return mmtest::random_bases(n, rng); };
     std::string a = random_bases(300);
     for (size_t i = 120; i < 130; ++i) a[i] = 'N';
     for (size_t i = 40; i < 60; ++i) a[i] = static_cast<char>(std::tolower(a[i]));
@@ -52,18 +48,12 @@ Fixture& fixture() {
     f.seq["one"] = "G";
     f.seq["long"] = random_bases(3000);
     f.order = {"seqA", "seqB", "one", "long"};
-    std::string text;
-    for (const auto& name : f.order) {
-      text += ">" + name + " test record\n";
-      const std::string& s = f.seq[name];
-      for (size_t i = 0; i < s.size(); i += 60) text += s.substr(i, 60) + "\n";
-    }
+    std::vector<std::pair<std::string, std::string>> records;
+    for (const auto& name : f.order) records.emplace_back(name, f.seq[name]);
     f.fasta = f.dir / "in.fa";
-    mmtest::write_text(f.fasta, text);
+    mmtest::write_text(f.fasta, mmtest::fasta_text(records, "test record"));
     f.net = std::make_unique<mm::MemMamba<float>>(mmtest::live_model<float>(f.cfg, 13));
-    f.model = f.dir / "model.safetensors";
-    mm::Checkpoint ck{f.cfg, f.net->params(), {}};
-    mm::save_checkpoint(f.model, ck);
+    f.model = mmtest::save_model(f.dir / "model.safetensors", *f.net);
     return f;
   }();
   return f;

@@ -44,29 +44,17 @@ Fixture& fixture() {
     Fixture f;
     f.dir = mmtest::scratch("score");
     std::mt19937_64 rng(7);
-    auto random_bases = [&](size_t n) {
-      std::string s(n, 'A');
-      for (auto& c : s) c = "ACGT"[rng() % 4];
-      return s;
-    };
+    auto random_bases = [&](size_t n) { return mmtest::random_bases(n, rng); };
     std::string a = random_bases(300);
     for (size_t i = 120; i < 130; ++i) a[i] = 'N';
     a[200] = 'R';
     for (size_t i = 40; i < 60; ++i) a[i] = static_cast<char>(std::tolower(a[i]));
     f.seq["chrA"] = a;
     f.seq["chrB"] = random_bases(40);
-    std::string text;
-    for (const auto& name : {"chrA", "chrB"}) {
-      text += std::string(">") + name + " test contig\n";
-      const std::string& s = f.seq[name];
-      for (size_t i = 0; i < s.size(); i += 60) text += s.substr(i, 60) + "\n";
-    }
     f.fasta = f.dir / "ref.fa";
-    mmtest::write_text(f.fasta, text);
+    mmtest::write_text(f.fasta, mmtest::fasta_text({{"chrA", f.seq["chrA"]}, {"chrB", f.seq["chrB"]}}, "test contig"));
     f.net = std::make_unique<mm::MemMamba<float>>(mmtest::live_model<float>(f.cfg, 11));
-    f.model = f.dir / "model.safetensors";
-    mm::Checkpoint ck{f.cfg, f.net->params(), {}};
-    mm::save_checkpoint(f.model, ck);
+    f.model = mmtest::save_model(f.dir / "model.safetensors", *f.net);
     return f;
   }();
   return f;

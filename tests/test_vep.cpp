@@ -42,27 +42,15 @@ Fixture& fixture() {
     Fixture f;
     f.dir = mmtest::scratch("vep");
     std::mt19937_64 rng(17);
-    auto random_bases = [&](size_t n) {
-      std::string s(n, 'A');
-      for (auto& c : s) c = "ACGT"[rng() % 4];
-      return s;
-    };
+    auto random_bases = [&](size_t n) { return mmtest::random_bases(n, rng); };
     std::string a = random_bases(300);
     for (size_t i = 150; i < 155; ++i) a[i] = 'N';
     f.seq["chrA"] = a;
     f.seq["chrB"] = random_bases(40);
-    std::string text;
-    for (const auto& name : {"chrA", "chrB"}) {
-      text += std::string(">") + name + "\n";
-      const std::string& s = f.seq[name];
-      for (size_t i = 0; i < s.size(); i += 60) text += s.substr(i, 60) + "\n";
-    }
     f.fasta = f.dir / "ref.fa";
-    mmtest::write_text(f.fasta, text);
+    mmtest::write_text(f.fasta, mmtest::fasta_text({{"chrA", f.seq["chrA"]}, {"chrB", f.seq["chrB"]}}));
     f.net = std::make_unique<mm::MemMamba<float>>(mmtest::live_model<float>(f.cfg, 23));
-    f.model = f.dir / "model.safetensors";
-    mm::Checkpoint ck{f.cfg, f.net->params(), {}};
-    mm::save_checkpoint(f.model, ck);
+    f.model = mmtest::save_model(f.dir / "model.safetensors", *f.net);
     return f;
   }();
   return f;

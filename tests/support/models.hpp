@@ -4,6 +4,11 @@
 #include <random>
 #include <vector>
 
+#include <filesystem>
+#include <string>
+#include <utility>
+
+#include "model/checkpoint.hpp"
 #include "model/config.hpp"
 #include "model/memmamba.hpp"
 
@@ -49,6 +54,39 @@ mm::MemMamba<T> live_model(const mm::Config& cfg, uint64_t seed) {
     if (p.name.size() > 9 && p.name.compare(p.name.size() - 9, 9, ".o.weight") == 0)
       for (size_t i = 0; i < p.size; ++i) m.params()[p.offset + i] = T(u(rng));
   return m;
+}
+
+// n random A/C/G/T letters.
+inline std::string random_bases(size_t n, std::mt19937_64& rng) {
+  std::string s(n, 'A');
+  for (auto& c : s) c = "ACGT"[rng() % 4];
+  return s;
+}
+
+// A FASTA of (name, sequence) records, 60 bases a line; `description` follows each name.
+inline std::string fasta_text(const std::vector<std::pair<std::string, std::string>>& records,
+                              const std::string& description = "") {
+  std::string text;
+  for (const auto& [name, seq] : records) {
+    text += '>';
+    text += name;
+    if (!description.empty()) {
+      text += ' ';
+      text += description;
+    }
+    text += '\n';
+    for (size_t i = 0; i < seq.size(); i += 60) {
+      text += seq.substr(i, 60);
+      text += '\n';
+    }
+  }
+  return text;
+}
+
+// Saves a model's parameters as a checkpoint at `path` and returns the path.
+inline std::filesystem::path save_model(const std::filesystem::path& path, const mm::MemMamba<float>& net) {
+  mm::save_checkpoint(path, {net.config(), net.params(), {}});
+  return path;
 }
 
 }  // namespace mmtest
