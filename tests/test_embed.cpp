@@ -176,7 +176,9 @@ TEST(Embed, EveryLayerAndLastPooling) {
   const Fixture& f = fixture();
   for (int layer = -1; layer < f.cfg.n_layer; ++layer)
     for (bool last : {false, true}) {
-      const fs::path out = f.dir / ("l" + std::to_string(layer) + (last ? "last" : "mean") + ".npy");
+      std::string name = std::to_string(layer);  // appends: GCC 12 warns falsely on "lit" + string
+      name += last ? "last.npy" : "mean.npy";
+      const fs::path out = f.dir / ("l" + name);
       const std::string ls = layer < 0 ? "final" : std::to_string(layer);
       auto r = run_cli(base("--layer " + ls + " --pool " + (last ? "last" : "mean") + " -o '" + out.string() + "'"));
       ASSERT_EQ(r.exit_code, 0) << r.err;
