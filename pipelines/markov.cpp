@@ -11,6 +11,27 @@ namespace mm::pipelines {
 
 namespace {
 inline int base_of(uint8_t t) { return (t >= io::tok::A && t <= io::tok::T) ? int(t) - 1 : -1; }
+// Calls f(ctx, have, x) for every A/C/G/T base x of the spans: ctx holds the preceding bases two
+// bits each (most recent lowest), have how many of them there are (capped at 64); N restarts it.
+template <typename F>
+void for_each_base(const TokenSpans& spans, F&& f) {
+  for (const auto& s : spans) {
+    uint64_t ctx = 0;
+    int have = 0;
+    for (uint8_t tok : s) {
+      const int x = base_of(tok);
+      if (x < 0) {
+        have = 0;
+        ctx = 0;
+        continue;
+      }
+      f(ctx, have, x);
+      ctx = (ctx << 2) | uint64_t(x);
+      if (have < 64) ++have;
+    }
+  }
+}
+
 }  // namespace
 
 MarkovModel::MarkovModel(MarkovSmoothing smoothing, double alpha) : smoothing_(smoothing), alpha_(alpha) {
@@ -23,21 +44,9 @@ void MarkovModel::grow(const TokenSpans& train) {
     throw UsageError("Markov order " + std::to_string(j) + " is above the maximum " + std::to_string(kMaxOrder));
   std::vector<uint32_t> t(size_t(1) << (2 * (j + 1)), 0);
   const uint64_t mask = (uint64_t(1) << (2 * j)) - 1;
-  for (const auto& s : train) {
-    uint64_t ctx = 0;
-    int have = 0;
-    for (uint8_t tok : s) {
-      const int x = base_of(tok);
-      if (x < 0) {
-        have = 0;
-        ctx = 0;
-        continue;
-      }
-      if (have >= j) ++t[((ctx & mask) << 2) | uint64_t(x)];
-      ctx = (ctx << 2) | uint64_t(x);
-      ++have;
-    }
-  }
+  for_each_base(train, [&](uint64_t ctx, int have, int x) {
+    if (have >= j) ++t[((ctx & mask) << 2) | uint64_t(x)];
+  });
   tables_.push_back(std::move(t));
 }
 
@@ -64,22 +73,10 @@ double MarkovModel::bits(const TokenSpans& seqs, int64_t* counted) const {
   double sum = 0;
   int64_t n = 0;
   const int k = order();
-  for (const auto& s : seqs) {
-    uint64_t ctx = 0;
-    int have = 0;
-    for (uint8_t tok : s) {
-      const int x = base_of(tok);
-      if (x < 0) {
-        have = 0;
-        ctx = 0;
-        continue;
-      }
-      sum -= std::log2(prob_at(std::min(have, k), ctx, x));
-      ++n;
-      ctx = (ctx << 2) | uint64_t(x);
-      if (have < 64) ++have;
-    }
-  }
+  for_each_base(seqs, [&](uint64_t ctx, int have, int x) {
+    sum -= std::log2(prob_at(std::min(have, k), ctx, x));
+    ++n;
+  });
   if (counted) *counted = n;
   return sum;
 }

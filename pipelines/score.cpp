@@ -169,17 +169,13 @@ public:
   virtual void close() = 0;
 };
 
-class BedGraphSink final : public Sink {
+// bedGraph and bigWig carry one value per base: the chosen one of logp and entropy.
+template <typename Writer>
+class TrackSink final : public Sink {
 public:
-  BedGraphSink(const ScoreOptions& o)
-      : use_logp_(o.value == ScoreValue::logp),
-        w_(o.output, io::BedGraphOptions{
-                         true,
-                         // The writer quotes the name; the provenance goes into the track line's
-                         // description (a ##-style header line is not valid bedGraph).
-                         std::string("memmamba ") + value_name(o.value) + "\" description=\"" +
-                             sanitize("memmamba " + o.version + ": " + o.command_line),
-                         true}) {}
+  template <typename... Args>
+  TrackSink(const ScoreOptions& o, Args&&... writer_args)
+      : use_logp_(o.value == ScoreValue::logp), w_(std::forward<Args>(writer_args)...) {}
   void add(const std::string& contig, int64_t beg0, std::string_view, const float* logp,
            const float* entropy, size_t n) override {
     w_.add(contig, beg0, std::span<const float>(use_logp_ ? logp : entropy, n));
@@ -188,23 +184,19 @@ public:
 
 private:
   bool use_logp_;
-  io::BedGraphWriter w_;
+  Writer w_;
 };
 
-class BigWigSink final : public Sink {
-public:
-  BigWigSink(const ScoreOptions& o, std::vector<std::pair<std::string, int64_t>> contigs)
-      : use_logp_(o.value == ScoreValue::logp), w_(o.output, std::move(contigs)) {}
-  void add(const std::string& contig, int64_t beg0, std::string_view, const float* logp,
-           const float* entropy, size_t n) override {
-    w_.add(contig, beg0, std::span<const float>(use_logp_ ? logp : entropy, n));
-  }
-  void close() override { w_.close(); }
-
-private:
-  bool use_logp_;
-  io::BigWigWriter w_;
-};
+std::unique_ptr<Sink> bedgraph_sink(const ScoreOptions& o) {
+  // The writer quotes the name; the provenance goes into the track line's description (a
+  // ##-style header line is not valid bedGraph).
+  return std::make_unique<TrackSink<io::BedGraphWriter>>(
+      o, o.output,
+      io::BedGraphOptions{true,
+                          std::string("memmamba ") + value_name(o.value) + "\" description=\"" +
+                              sanitize("memmamba " + o.version + ": " + o.command_line),
+                          true});
+}
 
 // TSV: a '#' header (provenance, then the column names), one line per base, "." = no value.
 class TsvSink final : public Sink {
@@ -513,7 +505,7 @@ ScoreStats score(StreamModel& model, const ScoreOptions& options, const Reporter
     }
     std::unique_ptr<Sink> sink;
     if (o.format == ScoreFormat::tsv) sink = std::make_unique<TsvSink>(o);
-    else sink = std::make_unique<BedGraphSink>(o);
+    else sink = bedgraph_sink(o);
     Ctx c(o, rep, sc, *sink, stats);
     score_streaming(c);
     sink->close();
@@ -575,11 +567,11 @@ ScoreStats score(StreamModel& model, const ScoreOptions& options, const Reporter
     std::vector<std::pair<std::string, int64_t>> contigs;
     for (const auto& name : fa.contigs())
       if (fa.length(name) > 0) contigs.emplace_back(name, fa.length(name));
-    sink = std::make_unique<BigWigSink>(o, std::move(contigs));
+    sink = std::make_unique<TrackSink<io::BigWigWriter>>(o, o.output, std::move(contigs));
   } else if (o.format == ScoreFormat::tsv) {
     sink = std::make_unique<TsvSink>(o);
   } else {
-    sink = std::make_unique<BedGraphSink>(o);
+    sink = bedgraph_sink(o);
   }
 
   Ctx c(o, rep, sc, *sink, stats);
