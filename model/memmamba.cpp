@@ -418,6 +418,73 @@ double MemMamba<T>::forward_backward(const int32_t* tokens, const int32_t* targe
 }
 
 template <typename T>
+void MemMamba<T>::forward_hidden(const int32_t* tokens, int64_t B, int64_t T_, T* hidden,
+                                 StreamState<T>* state) {
+  const int64_t M = B * T_, D = cfg_.d_model;
+  StreamState<T> fresh;
+  if (!state) {
+    fresh = new_state(B);
+    state = &fresh;
+  }
+  if (state->batch != B) throw Error("stream state batch does not match the input");
+  std::vector<T> x(size_t(M * D));
+  cpu::embedding_forward(x.data(), tokens, at(params_, table_.embedding()), M, D);
+  std::vector<Snapshots<T>> snaps(size_t(cfg_.n_layer));
+  LayerActs<T> acts;
+  for (int l = 0; l < cfg_.n_layer; ++l) {
+    Impl::layer_forward(*this, l, x.data(), B, T_, state->position, state->layers[size_t(l)], snaps,
+                        false, acts, nullptr);
+    const int drop = l - std::max(cfg_.cross_layer_period, 1) + 1;
+    if (drop >= 0) Snapshots<T>().swap(snaps[size_t(drop)]);
+  }
+  cpu::rmsnorm_forward(hidden, (T*)nullptr, x.data(), at(params_, table_.norm_f()), M, D, cfg_.rms_eps);
+  state->position += T_;
+}
+
+template <typename T>
+double MemMamba<T>::forward_backward_hidden(
+    const int32_t* tokens, int64_t B, int64_t T_,
+    const std::function<double(const T* hidden, T* d_hidden)>& loss_grad) {
+  const int64_t M = B * T_, D = cfg_.d_model, S = cfg_.summary_dim;
+  const int L = cfg_.n_layer;
+  StreamState<T> st = new_state(B);
+  // Forward, keeping only each layer's input and the pools its segments read.
+  std::vector<std::vector<T>> inputs(static_cast<size_t>(L));
+  std::vector<Snapshots<T>> snaps(static_cast<size_t>(L));
+  std::vector<T> x(size_t(M * D));
+  cpu::embedding_forward(x.data(), tokens, at(params_, table_.embedding()), M, D);
+  {
+    LayerActs<T> acts;
+    for (int l = 0; l < L; ++l) {
+      inputs[size_t(l)] = x;
+      Impl::layer_forward(*this, l, x.data(), B, T_, 0, st.layers[size_t(l)], snaps, false, acts, nullptr);
+    }
+  }
+  std::vector<T> hf(size_t(M * D)), rstd(static_cast<size_t>(M)), dhf(size_t(M * D), T(0));
+  cpu::rmsnorm_forward(hf.data(), rstd.data(), x.data(), at(params_, table_.norm_f()), M, D, cfg_.rms_eps);
+  const double loss = loss_grad(hf.data(), dhf.data());
+
+  // Backward: final norm, then each layer recomputed from its input.
+  std::vector<T> dx(size_t(M * D), T(0));
+  cpu::rmsnorm_backward(dx.data(), at(grads_, table_.norm_f()), dhf.data(), x.data(),
+                        at(params_, table_.norm_f()), rstd.data(), M, D);
+  std::vector<std::vector<T>> dn(static_cast<size_t>(L));
+  if (cfg_.notes)
+    for (auto& d : dn) d.assign(size_t(M * S), T(0));
+  StreamState<T> scratch = new_state(B);
+  for (int l = L - 1; l >= 0; --l) {
+    LayerActs<T> acts;
+    acts.x_in = inputs[size_t(l)];
+    std::vector<T> xl = acts.x_in;
+    Impl::layer_forward(*this, l, xl.data(), B, T_, 0, scratch.layers[size_t(l)], snaps, true, acts, nullptr);
+    Impl::layer_backward(*this, l, dx.data(), B, T_, acts, dn);
+    std::vector<T>().swap(inputs[size_t(l)]);
+  }
+  cpu::embedding_backward(at(grads_, table_.embedding()), tokens, dx.data(), M, D);
+  return loss;
+}
+
+template <typename T>
 std::vector<int32_t> MemMamba<T>::next_token_targets(const int32_t* tokens, int64_t B, int64_t T_) {
   std::vector<int32_t> t(size_t(B * T_), -1);
   for (int64_t b = 0; b < B; ++b)

@@ -4,6 +4,7 @@
 // K pool slots, S summary width (H heads × d_h), C memory chunk, V vocab. Rows are b·T + t.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -68,6 +69,19 @@ public:
   double forward_backward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t T_,
                           double scale, int64_t* counted, T* logits = nullptr,
                           Taps<T>* taps = nullptr);
+
+  // The final hidden states (after norm_f, B×T×D, rows b·T + t) of tokens (B×T), without the LM
+  // head; with a state, continues that stream and advances it (as forward does).
+  void forward_hidden(const int32_t* tokens, int64_t B, int64_t T_, T* hidden,
+                      StreamState<T>* state = nullptr);
+
+  // Training from a gradient on the final hidden states (a head of one's own, e.g. a classifier):
+  // runs whole sequences, calls loss_grad(hidden, d_hidden) with the final hidden states (as
+  // forward_hidden gives them) and a zeroed buffer of the same shape to fill with ∂L/∂hidden, then
+  // back-propagates it: grads += ∂L/∂params (the tied LM head gets no gradient; the embedding only
+  // through its lookup). Returns what loss_grad returns.
+  double forward_backward_hidden(const int32_t* tokens, int64_t B, int64_t T_,
+                                 const std::function<double(const T* hidden, T* d_hidden)>& loss_grad);
 
   // Next-token targets of DESIGN §3: tokens[t+1] when it is A/C/G/T, else −1 (N, PAD, BOS).
   static std::vector<int32_t> next_token_targets(const int32_t* tokens, int64_t B, int64_t T_);
