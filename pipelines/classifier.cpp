@@ -241,6 +241,7 @@ std::vector<float> compute_features(MemMamba<float>* model, const FeatureSpec& s
                                     const std::vector<Example>& examples, const FeatureRun& run,
                                     const Reporter& rep) {
   const int64_t n = int64_t(examples.size());
+  if (n == 0) return {};
   if (spec.kind == FeatureKind::kmer) {
     const int64_t F = spec.dim(0);
     std::vector<float> x(size_t(n * F), 0.0f);
