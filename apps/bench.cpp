@@ -40,7 +40,7 @@ int bench_main(int argc, char** argv) {
             {{'m', "model", "FILE", "take the config from this checkpoint (weights are not needed)", "the tiny model of DESIGN §3"},
              {0, "device", "DEV", "auto, cpu or cuda (auto: cuda when built and a GPU is present)", "auto"},
              {0, "lengths", "LIST", "inference lengths in tokens, batch 1 [cuda: 131072,1048576,4194304]", "16384,65536"},
-             {0, "train-length", "INT", "tokens per timed training step on the CPU (0: skip)", "8192"},
+             {0, "train-length", "INT", "tokens per timed training step, batch 1 (0: skip) [cuda: 131072]", "8192"},
              {0, "scan-length", "INT", "L of the scan benchmark at E=512, N=16 (0: skip) [cuda: 1048576]", "65536"},
              {0, "repeats", "INT", "timed runs per figure; the median is printed", "3"},
              {0, "seed", "INT", "seed of the random weights and inputs", "1"},
@@ -59,7 +59,7 @@ int bench_main(int argc, char** argv) {
     if (args.has("model")) o.config = load_checkpoint(args.get("model")).config;
     const bool gpu = dev == "cuda";
     o.infer_lengths = parse_lengths(args.has("lengths") || !gpu ? args.get("lengths") : "131072,1048576,4194304");
-    o.train_length = gpu ? 0 : args.get_int("train-length");
+    o.train_length = args.has("train-length") || !gpu ? args.get_int("train-length") : 131072;
     o.scan_length = args.has("scan-length") || !gpu ? args.get_int("scan-length") : 1048576;
     o.repeats = int(args.get_int("repeats"));
     o.seed = uint64_t(args.get_int("seed"));

@@ -1,6 +1,7 @@
 // memmamba pretrain: argument parsing for pipelines/pretrain (CPU training).
 #include <tbb/global_control.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
@@ -10,6 +11,7 @@
 
 #include "apps/cli.hpp"
 #include "apps/commands.hpp"
+#include "model/cuda_training.hpp"
 #include "pipelines/pretrain.hpp"
 
 namespace mm::cli {
@@ -91,25 +93,27 @@ int pretrain_main(int argc, char** argv) {
              {0, "metrics", "FILE", "JSON-lines metrics, appended [DIR/metrics.jsonl]", ""},
              {0, "resume", "PATH", "continue from a checkpoint file or a folder's latest checkpoint", ""},
              {0, "stop-at", "INT", "stop after this step with a checkpoint, as if interrupted (0: no)", "0"},
+             {0, "max-time", "SECONDS", "stop with a checkpoint once this much wall time has passed, as if interrupted (0: no limit)", "0"},
              {0, "no-markov", "", "skip the k-mer Markov reference", ""},
              {0, "markov-only", "", "print the Markov reference by order and stop (no training)", ""},
              {0, "markov-max-order", "INT", "highest Markov order tried", "12"},
              {0, "markov-smoothing", "NAME", "witten-bell or additive", "witten-bell"},
              {'@', "threads", "INT", "CPU threads (0: all cores)", "0"},
-             {0, "device", "DEV", "auto or cpu (training runs on the CPU backend)", "auto"},
+             {0, "device", "DEV", "auto, cpu or cuda (auto: cuda when built with it and a GPU is present)", "auto"},
              {0, "quiet", "", "no notes on stderr", ""}});
   return run("pretrain", argc, argv, [&] {
     if (!args.parse(argc, argv)) {
       std::cout << args.help();
       return 0;
     }
-    const std::string dev = args.get("device");
-    if (dev.rfind("cuda", 0) == 0)
-      throw UsageError("--device " + dev + ": training runs on the CPU backend in this build (the CUDA backend has "
-                       "forward passes only); use --device cpu or auto");
-    if (dev != "auto" && dev != "cpu") throw UsageError("--device wants auto or cpu, got '" + dev + "'");
+    std::string dev = args.get("device");
+    if (dev != "auto" && dev != "cpu" && dev != "cuda") throw UsageError("--device wants auto, cpu or cuda, got '" + dev + "'");
+    if (dev == "auto") dev = cuda_training_available() ? "cuda" : "cpu";
+    if (dev == "cuda" && !cuda_training_available())
+      throw UsageError("--device cuda: no CUDA device here, or this build has no CUDA backend");
 
     pipelines::PretrainOptions o;
+    o.cuda = dev == "cuda";
     o.data.inputs = args.positional();
     if (o.data.inputs.empty()) throw UsageError("no input files (see 'memmamba pretrain --help')");
     o.data.regions_bed = args.get("regions");
@@ -200,7 +204,13 @@ int pretrain_main(int argc, char** argv) {
     g_stop_signal = 0;
     std::signal(SIGINT, on_stop_signal);
     std::signal(SIGTERM, on_stop_signal);
-    o.should_stop = [] { return g_stop_signal != 0; };
+    const double max_time = args.get_double("max-time");
+    if (max_time < 0) throw UsageError("--max-time must not be negative");
+    const auto started = std::chrono::steady_clock::now();
+    o.should_stop = [max_time, started] {
+      return g_stop_signal != 0 ||
+             (max_time > 0 && std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() >= max_time);
+    };
 
     const Reporter rep = stderr_reporter("pretrain", args.flag("quiet"));
     auto r = pipelines::pretrain(o, rep);

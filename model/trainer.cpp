@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <numbers>
+#include <utility>
 
 #include "io/error.hpp"
 #include "io/safetensors.hpp"
@@ -18,8 +19,8 @@ double learning_rate(const TrainConfig& tc, int64_t step) {
 }
 
 template <typename T>
-Trainer<T>::Trainer(MemMamba<T>& model, TrainConfig tc)
-    : model_(model), tc_(tc), m_(model.params().size(), T(0)), v_(model.params().size(), T(0)) {
+Trainer<T>::Trainer(MemMamba<T>& model, TrainConfig tc, GradientPass<T> pass)
+    : model_(model), tc_(tc), pass_(std::move(pass)), m_(model.params().size(), T(0)), v_(model.params().size(), T(0)) {
   if (tc_.accumulation < 1) throw UsageError("gradient accumulation must be at least 1");
 }
 
@@ -31,7 +32,8 @@ StepResult Trainer<T>::step(const std::function<Batch(int64_t)>& next_batch) {
   for (int64_t micro = 0; micro < tc_.accumulation; ++micro) {
     Batch b = next_batch(micro);
     int64_t n = 0;
-    loss += model_.forward_backward(b.tokens.data(), b.targets.data(), b.B, b.T, 1.0, &n);
+    loss += pass_ ? pass_(model_, b, &n)
+                  : model_.forward_backward(b.tokens.data(), b.targets.data(), b.B, b.T, 1.0, &n);
     counted += n;
   }
   StepResult r;

@@ -41,10 +41,16 @@ struct StepResult {
   double lr = 0;
 };
 
+// Computes model.grads() += ∂(Σ loss)/∂params for one micro-batch and returns Σ loss, setting
+// *counted: the model's own (CPU) forward_backward by default, the CUDA backend's with
+// make_cuda_gradient_pass (model/cuda_training.hpp).
+template <typename T>
+using GradientPass = std::function<double(MemMamba<T>& model, const Batch& batch, int64_t* counted)>;
+
 template <typename T>
 class Trainer {
 public:
-  Trainer(MemMamba<T>& model, TrainConfig tc);
+  Trainer(MemMamba<T>& model, TrainConfig tc, GradientPass<T> pass = {});
   // Runs tc.accumulation micro-batches from next_batch(i) and one AdamW step.
   // Throws mm::Error when the loss or the gradient is not finite (the parameters are untouched).
   StepResult step(const std::function<Batch(int64_t micro)>& next_batch);
@@ -59,6 +65,7 @@ public:
 private:
   MemMamba<T>& model_;
   TrainConfig tc_;
+  GradientPass<T> pass_;
   std::vector<T> m_, v_;
   int64_t step_ = 0;
 };

@@ -17,7 +17,9 @@
 #include "model/trainer.hpp"
 #ifdef MEMMAMBA_HAVE_CUDA
 #include "kernels/cuda/ops.hpp"
+#include "model/cuda_training.hpp"
 #include "model/memmamba_cuda.hpp"
+#include "model/memmamba_train_cuda.hpp"
 #endif
 
 namespace mm::pipelines {
@@ -218,6 +220,35 @@ BenchReport bench_cuda(const BenchOptions& o, const Reporter& rep) {
       for (const auto& [name, sec] : prof)
         r.rows.push_back({std::string("  notes ") + (notes ? "on" : "off") + ", " + name, pow2(L),
                           sec * 1e3, "ms", fmt("%.1f ns/token", sec * 1e9 / double(L))});
+    }
+  }
+  if (o.train_length > 0) {
+    // A whole training step: the GPU pass (forward, recomputing backward, gradients to the
+    // host) and AdamW on the host, batch 1; then one profiled pass (synchronised per group).
+    for (bool notes : {false, true}) {
+      Config c = o.config;
+      c.notes = notes;
+      MemMamba<float> model(c, o.seed);
+      Trainer<float> tr(model, TrainConfig{}, make_cuda_gradient_pass(c));
+      Batch b;
+      b.B = 1;
+      b.T = o.train_length;
+      b.tokens = random_dna(b.T, o.seed + 2);
+      b.targets = MemMamba<float>::next_token_targets(b.tokens.data(), 1, b.T);
+      const double t = time_median(o.repeats, [&] { tr.step([&](int64_t) { return b; }); });
+      r.rows.push_back({std::string("training step, notes ") + (notes ? "on" : "off"), pow2(b.T), double(b.T) / t,
+                        "tokens/s", "batch 1, fp32 activations, TF32 products, AdamW on the host"});
+      rep.say(r.rows.back().what + " at " + pow2(b.T) + ": " + fmt("%.3g", double(b.T) / t) + " tokens/s");
+      MemMambaCudaTraining engine(c, cuda::DType::tf32);
+      engine.set_params(model.params());
+      std::vector<float> grads(model.params().size());
+      std::vector<std::pair<std::string, double>> prof;
+      engine.profile = &prof;
+      int64_t n = 0;
+      engine.forward_backward(b.tokens.data(), b.targets.data(), 1, b.T, 1.0, &n, grads.data());
+      for (const auto& [name, sec] : prof)
+        r.rows.push_back({std::string("  training, notes ") + (notes ? "on" : "off") + ", " + name, pow2(b.T),
+                          sec * 1e3, "ms", fmt("%.1f ns/token", sec * 1e9 / double(b.T))});
     }
   }
   if (o.scan_length > 0) {

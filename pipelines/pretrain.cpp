@@ -12,6 +12,7 @@
 #include "io/atomic_file.hpp"
 #include "io/tokenizer.hpp"
 #include "model/checkpoint.hpp"
+#include "model/cuda_training.hpp"
 #include "model/memmamba.hpp"
 
 namespace mm::pipelines {
@@ -63,7 +64,8 @@ std::vector<std::pair<int64_t, fs::path>> checkpoints_in(const fs::path& dir) {
 }
 
 // Mean cross-entropy in bits per base of the model over the validation windows (BOS + window).
-double evaluate(MemMamba<float>& m, const std::vector<SampledWindow>& windows) {
+// Validation bits/base: each window a whole sequence, on the CPU model or through `gpu`.
+double evaluate(MemMamba<float>& m, const std::vector<SampledWindow>& windows, const SequenceForward& gpu) {
   double nats = 0;
   int64_t n = 0;
   const int V = m.config().vocab;
@@ -75,7 +77,8 @@ double evaluate(MemMamba<float>& m, const std::vector<SampledWindow>& windows) {
     for (uint8_t t : w.tokens) tokens.push_back(t);
     const int64_t T = int64_t(tokens.size());
     logits.assign(size_t(T * V), 0.0f);
-    m.forward(tokens.data(), 1, T, logits.data());
+    if (gpu) gpu(m.params(), tokens.data(), T, logits.data());
+    else m.forward(tokens.data(), 1, T, logits.data());
     auto targets = MemMamba<float>::next_token_targets(tokens.data(), 1, T);
     for (int64_t t = 0; t < T; ++t) {
       if (targets[size_t(t)] < 0) continue;
@@ -199,7 +202,13 @@ PretrainResult pretrain(const PretrainOptions& o, const Reporter& rep) {
 
   MemMamba<float> model = resumed ? MemMamba<float>(resumed->config, resumed->params)
                                   : MemMamba<float>(o.model, ws.seed);
-  Trainer<float> trainer(model, o.train);
+  GradientPass<float> pass;
+  SequenceForward gpu_forward;
+  if (o.cuda) {
+    pass = make_cuda_gradient_pass(model.config());
+    gpu_forward = make_cuda_sequence_forward(model.config());
+  }
+  Trainer<float> trainer(model, o.train, pass);
   int64_t tokens_seen = 0;
   if (resumed) {
     auto meta = trainer.load_state(state_path(resume_ck));
@@ -223,7 +232,7 @@ PretrainResult pretrain(const PretrainOptions& o, const Reporter& rep) {
                              {"weight_decay", o.train.weight_decay}, {"clip", o.train.clip},
                              {"accumulate", o.train.accumulation}, {"batch", o.batch}, {"window", ws.length},
                              {"stride", ws.stride}, {"rc_prob", ws.rc_prob}, {"max_n", ws.max_n_fraction},
-                             {"seed", ws.seed}};
+                             {"seed", ws.seed}, {"device", o.cuda ? "cuda" : "cpu"}};
   nlohmann::json data_json = {{"inputs", o.data.inputs}, {"regions", o.data.regions_bed},
                               {"exclude", o.data.exclude_bed}, {"valid_regions_bed", o.data.valid_bed},
                               {"valid_regions", o.data.valid_regions}, {"valid_contigs", o.data.valid_contigs},
@@ -331,7 +340,7 @@ PretrainResult pretrain(const PretrainOptions& o, const Reporter& rep) {
                        ",\"lr\":" + fmt_double(r.lr) + ",\"grad_norm\":" + fmt_double(r.grad_norm) +
                        ",\"tokens_per_s\":" + fmt_double(double(B * L * acc) / std::max(secs, 1e-9));
     if (!valid.empty() && (step % o.eval_every == 0 || step == end)) {
-      last_valid = evaluate(model, valid);
+      last_valid = evaluate(model, valid, gpu_forward);
       res.valid_bits_per_base = last_valid;
       line += ",\"valid_bits_per_base\":" + fmt_double(last_valid);
     }

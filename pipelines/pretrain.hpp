@@ -1,4 +1,4 @@
-// memmamba pretrain: causal-LM pretraining of a MemMamba on FASTA/BAM data (CPU backend),
+// memmamba pretrain: causal-LM pretraining of a MemMamba on FASTA/BAM data (CPU or CUDA backend),
 // with held-out validation, a k-mer Markov reference, atomic checkpoints that keep the last k,
 // exact resume, JSON-lines metrics and a clean stop on request (SIGINT/SIGTERM in the app).
 //
@@ -27,6 +27,7 @@ struct PretrainOptions {
   TrainConfig train;             // total_steps = --steps
   WindowSpec windows;            // length, stride, N filter, rc_prob, seed
   int64_t batch = 8;
+  bool cuda = false;             // train and validate on the CUDA backend (else the CPU)
   std::filesystem::path output;  // checkpoint folder (created when missing)
   std::filesystem::path metrics; // JSON lines; empty: <output>/metrics.jsonl (appended on resume)
   int64_t save_every = 1000, keep = 3, eval_every = 1000, valid_windows = 64;

@@ -1,14 +1,17 @@
 // The CUDA model against the CPU model and the golden reference (fp32 path within 1e-4, bf16
-// within 2e-2, DESIGN §4), and the streaming contract on the GPU. Skips without a GPU.
+// within 2e-2, DESIGN §4): inference, and the training pass (loss, logits, every parameter
+// gradient); the streaming contract on the GPU. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <random>
 #include <set>
 
+#include "io/error.hpp"
 #include "io/safetensors.hpp"
 #include "kernels/cuda/ops.hpp"
 #include "model/memmamba.hpp"
 #include "model/memmamba_cuda.hpp"
+#include "model/memmamba_train_cuda.hpp"
 #include "model/stream_model.hpp"
 #include "support/compare.hpp"
 #include "support/fixtures.hpp"
@@ -136,4 +139,94 @@ TEST(CudaModel, StreamModelMatchesTheCpuStreamModel) {
     }
     EXPECT_LT(mmtest::rel_error(lb, la), 2e-2) << "round " << round;
   }
+}
+
+namespace {
+
+// The CUDA training pass in fp32 against the CPU model's forward_backward: logits, loss and every
+// parameter gradient (each tensor within tol, relative).
+void compare_training(const mm::Config& cfg, int64_t B, int64_t T, uint64_t seed, double tol) {
+  mm::MemMamba<float> cpu = mmtest::live_model<float>(cfg, seed);
+  auto tok = mmtest::random_tokens(B * T, seed + 1);
+  auto targets = mm::MemMamba<float>::next_token_targets(tok.data(), B, T);
+  const int64_t V = cfg.vocab;
+  std::vector<float> want_logits(size_t(B * T * V)), got_logits(want_logits.size(), NAN);
+  int64_t want_n = 0, got_n = 0;
+  cpu.zero_grads();
+  const double want_loss = cpu.forward_backward(tok.data(), targets.data(), B, T, 1.0, &want_n, want_logits.data());
+  mm::MemMambaCudaTraining gpu(cfg, mm::cuda::DType::f32);
+  gpu.set_params(cpu.params());
+  std::vector<float> grads(cpu.params().size(), 0.0f);
+  const double got_loss = gpu.forward_backward(tok.data(), targets.data(), B, T, 1.0, &got_n, grads.data(),
+                                               got_logits.data());
+  EXPECT_EQ(got_n, want_n);
+  EXPECT_NEAR(got_loss, want_loss, tol * std::abs(want_loss));
+  EXPECT_LT(mmtest::rel_error(got_logits, want_logits), tol) << "logits";
+  double worst = 0;
+  std::string worst_name;
+  for (const auto& p : cpu.table().entries()) {
+    const double e = mmtest::rel_error(grads.data() + p.offset, cpu.grads().data() + p.offset, p.size);
+    if (!(e <= worst)) {
+      worst = e;
+      worst_name = p.name;
+    }
+    EXPECT_LT(e, tol) << "grad." << p.name;
+  }
+  std::printf("CUDA fp32 training vs CPU (notes %s, B=%lld T=%lld): loss %.6f vs %.6f, worst gradient rel error %.3g (%s)\n",
+              cfg.notes ? "on" : "off", (long long)B, (long long)T, got_loss, want_loss, worst, worst_name.c_str());
+}
+
+}  // namespace
+
+TEST(CudaTraining, Fp32GradientsMatchCpuNotesOn) { NEED_GPU(); compare_training(mmtest::small_config(true), 2, 301, 21, 1e-4); }
+TEST(CudaTraining, Fp32GradientsMatchCpuNotesOff) { NEED_GPU(); compare_training(mmtest::small_config(false), 2, 301, 22, 1e-4); }
+
+TEST(CudaTraining, Fp32GradientsMatchCpuDefaultShapes) {
+  NEED_GPU();
+  // DESIGN §3's tiny-model shapes, fewer layers: every kernel's real tile sizes run.
+  mm::Config cfg;
+  cfg.n_layer = 4;
+  compare_training(cfg, 1, 1500, 23, 1e-4);
+}
+
+TEST(CudaTraining, Fp32MatchesTheGoldenReference) {
+  NEED_GPU();
+  auto f = mm::io::SafetensorsFile::read(mmtest::data("reference/memmamba-tiny-reference.safetensors"));
+  auto cfg = mm::Config::from_json(f.metadata().at("memmamba.config"));
+  mm::ParamTable table(cfg);
+  std::vector<float> params(table.total());
+  for (const auto& p : table.entries()) {
+    auto v = f.as_f64("param." + p.name);
+    std::copy(v.begin(), v.end(), params.begin() + long(p.offset));
+  }
+  std::vector<int32_t> tok;
+  for (auto t : f.as_i64("input.tokens")) tok.push_back(int32_t(t));
+  const int64_t T = int64_t(tok.size());
+  auto targets = mm::MemMamba<float>::next_token_targets(tok.data(), 1, T);
+  int64_t n = 0;
+  for (auto t : targets) n += t >= 0;
+  mm::MemMambaCudaTraining gpu(cfg, mm::cuda::DType::f32);
+  gpu.set_params(params);
+  std::vector<float> grads(params.size(), 0.0f), logits(size_t(T * cfg.vocab), NAN);
+  int64_t counted = 0;
+  const double loss = gpu.forward_backward(tok.data(), targets.data(), 1, T, double(n), &counted, grads.data(),
+                                           logits.data()) / double(n);
+  EXPECT_EQ(counted, n);
+  EXPECT_NEAR(loss, f.as_f64("output.loss")[0], 1e-4 * std::abs(loss));
+  EXPECT_LT(mmtest::rel_error(logits, f.as_f64("output.logits")), 1e-4);
+  double worst = 0;
+  for (const auto& p : table.entries()) {
+    const double e = mmtest::rel_error(grads.data() + p.offset, f.as_f64("grad." + p.name).data(), p.size);
+    worst = std::max(worst, e);
+    EXPECT_LT(e, 1e-4) << "grad." << p.name;
+  }
+  std::printf("CUDA fp32 training vs golden: loss %.8f, worst gradient rel error %.3g\n", loss, worst);
+}
+
+TEST(CudaTraining, RefusesWhatItCannotDo) {
+  NEED_GPU();
+  auto cfg = mmtest::small_config(true);
+  EXPECT_THROW(mm::MemMambaCudaTraining(cfg, mm::cuda::DType::bf16), mm::Error);
+  mm::MemMambaCudaTraining gpu(cfg, mm::cuda::DType::f32);
+  EXPECT_THROW(gpu.set_params(std::vector<float>(3, 0.0f)), mm::Error);
 }

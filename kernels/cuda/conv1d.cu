@@ -2,6 +2,7 @@
 // the k−1 previous inputs stay in registers as a sliding window. A second kernel, one thread
 // per (batch, channel), rewrites the tail to the piece's last k−1 inputs (reaching into the
 // old tail when the piece is shorter than k−1); it runs after the first on the same stream.
+#include "kernels/cuda/backward.hpp"
 #include "kernels/cuda/common.cuh"
 
 namespace mm::cuda {
@@ -113,6 +114,111 @@ void conv1d_silu_forward(void* out, DType odt, float* out_f32, float* tail, cons
     case 6: return dispatch_dtype<6>(out, odt, out_f32, tail, a, lda, w, bias, B, T, E);
     case 7: return dispatch_dtype<7>(out, odt, out_f32, tail, a, lda, w, bias, B, T, E);
     case 8: return dispatch_dtype<8>(out, odt, out_f32, tail, a, lda, w, bias, B, T, E);
+  }
+}
+
+}  // namespace mm::cuda
+
+// ---- backward ----------------------------------------------------------------------------------
+// From a zero tail. pre_t = bias + Σ_i w_i a_{t−(k−1)+i}, out_t = SiLU(pre_t). One thread per
+// (channel, run of kBackSteps steps): dpre over the run and the k−1 steps after it (recomputed
+// from a), then da_s = Σ_i w_i dpre_{s+(k−1)−i}; dw and dbias are summed over the run and added
+// once per thread.
+namespace mm::cuda {
+
+namespace {
+
+constexpr int kBackSteps = 64;
+
+template <int K>
+__global__ void __launch_bounds__(kThreads)
+conv1d_silu_backward_kernel(float* __restrict__ da, int64_t ldda, float* __restrict__ dw,
+                            float* __restrict__ dbias, const float* __restrict__ dout,
+                            const float* __restrict__ a, int64_t lda, const float* __restrict__ w,
+                            const float* __restrict__ bias, int64_t T, int64_t E, int64_t n_tblk,
+                            int64_t n_eblk) {
+  int64_t blk = blockIdx.x;
+  const int64_t eb = blk % n_eblk;
+  blk /= n_eblk;
+  const int64_t tb = blk % n_tblk;
+  const int64_t b = blk / n_tblk;
+  const int64_t e = eb * kThreads + threadIdx.x;
+  if (e >= E) return;
+  const int64_t t0 = tb * kBackSteps, t1 = min(T, t0 + kBackSteps);
+  float wk[K];
+#pragma unroll
+  for (int i = 0; i < K; ++i) wk[i] = w[e * K + i];
+  const float bs = bias[e];
+  auto in = [&](int64_t s) { return s >= 0 && s < T ? a[(b * T + s) * lda + e] : 0.0f; };
+  // dpre at time t (0 outside [0, T)), recomputing pre from the inputs.
+  auto dpre_at = [&](int64_t t) {
+    if (t >= T) return 0.0f;
+    float acc = bs;
+#pragma unroll
+    for (int i = 0; i < K; ++i) acc = fmaf(wk[i], in(t - (K - 1) + i), acc);
+    const float sg = 1.0f / (1.0f + __expf(-acc));
+    return dout[(b * T + t) * E + e] * sg * (1.0f + acc * (1.0f - sg));
+  };
+  // Window of dpre_{s}, …, dpre_{s+K−1} for the current s, sliding forward.
+  float win[K];
+#pragma unroll
+  for (int i = 0; i < K; ++i) win[i] = dpre_at(t0 + i);
+  float gw[K], gb = 0.f;
+#pragma unroll
+  for (int i = 0; i < K; ++i) gw[i] = 0.f;
+  for (int64_t s = t0; s < t1; ++s) {
+    // da_s: input s feeds pre_{s+(K−1)−i} through w_i.
+    float acc = 0.f;
+#pragma unroll
+    for (int i = 0; i < K; ++i) acc = fmaf(wk[i], win[K - 1 - i], acc);
+    da[(b * T + s) * ldda + e] = acc;
+    // dw, dbias from pre_s (= win[0]).
+    const float d = win[0];
+    gb += d;
+#pragma unroll
+    for (int i = 0; i < K; ++i) gw[i] = fmaf(d, in(s - (K - 1) + i), gw[i]);
+#pragma unroll
+    for (int i = 0; i < K - 1; ++i) win[i] = win[i + 1];
+    win[K - 1] = dpre_at(s + K);
+  }
+#pragma unroll
+  for (int i = 0; i < K; ++i) atomicAdd(dw + e * K + i, gw[i]);
+  atomicAdd(dbias + e, gb);
+}
+
+template <int K>
+void launch_backward(float* da, int64_t ldda, float* dw, float* dbias, const float* dout, const float* a,
+                     int64_t lda, const float* w, const float* bias, int64_t B, int64_t T, int64_t E) {
+  const int64_t n_tblk = (T + kBackSteps - 1) / kBackSteps, n_eblk = (E + kThreads - 1) / kThreads;
+  const int64_t blocks = B * n_tblk * n_eblk;
+  detail::require(blocks < (int64_t(1) << 31), "conv1d_silu_backward", "too large (B·T·E)");
+  conv1d_silu_backward_kernel<K><<<unsigned(blocks), kThreads>>>(da, ldda, dw, dbias, dout, a, lda, w, bias,
+                                                                 T, E, n_tblk, n_eblk);
+  MM_CUDA_LAUNCH_CHECK("conv1d_silu_backward_kernel");
+}
+
+}  // namespace
+
+void conv1d_silu_backward(float* da, int64_t ldda, float* dw, float* dbias, const float* dout,
+                          const float* a, int64_t lda, const float* w, const float* bias,
+                          int64_t B, int64_t T, int64_t E, int64_t k) {
+  using detail::require;
+  require(B > 0 && T > 0 && E > 0, "conv1d_silu_backward",
+          "sizes must be positive (B=" + std::to_string(B) + ", T=" + std::to_string(T) +
+              ", E=" + std::to_string(E) + ")");
+  require(k >= 1 && k <= kMaxK, "conv1d_silu_backward",
+          "conv width k=" + std::to_string(k) + " not supported (1.." + std::to_string(kMaxK) + ")");
+  require(lda >= E && ldda >= E, "conv1d_silu_backward", "row stride smaller than E");
+  require(da && dw && dbias && dout && a && w && bias, "conv1d_silu_backward", "null pointer");
+  switch (k) {
+    case 1: return launch_backward<1>(da, ldda, dw, dbias, dout, a, lda, w, bias, B, T, E);
+    case 2: return launch_backward<2>(da, ldda, dw, dbias, dout, a, lda, w, bias, B, T, E);
+    case 3: return launch_backward<3>(da, ldda, dw, dbias, dout, a, lda, w, bias, B, T, E);
+    case 4: return launch_backward<4>(da, ldda, dw, dbias, dout, a, lda, w, bias, B, T, E);
+    case 5: return launch_backward<5>(da, ldda, dw, dbias, dout, a, lda, w, bias, B, T, E);
+    case 6: return launch_backward<6>(da, ldda, dw, dbias, dout, a, lda, w, bias, B, T, E);
+    case 7: return launch_backward<7>(da, ldda, dw, dbias, dout, a, lda, w, bias, B, T, E);
+    case 8: return launch_backward<8>(da, ldda, dw, dbias, dout, a, lda, w, bias, B, T, E);
   }
 }
 

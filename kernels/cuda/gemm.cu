@@ -12,6 +12,7 @@
 #include <mutex>
 #include <tuple>
 
+#include "kernels/cuda/backward.hpp"
 #include "kernels/cuda/common.cuh"
 
 #define MM_CUBLAS_CHECK(call)                                                               \
@@ -173,5 +174,152 @@ void linear_forward(float* out, int64_t ld_out, const void* in, int64_t ld_in, c
     MM_CUDA_LAUNCH_CHECK("add_bias_kernel");
   }
 }
+
+}  // namespace mm::cuda
+
+// ---- the general product and the linear backward -----------------------------------------------
+namespace mm::cuda {
+
+namespace {
+
+// Row-major C (M×N) = op(A)·op(B) is, column-major, Cᵀ (N×M) = op(B)ᵀ·op(A)ᵀ: cuBLAS's first
+// operand is B (stored column-major as Bᵀ, so "no transpose" in row-major terms stays N), its
+// second is A.
+using GemmKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, int, int>;
+
+struct GemmPlan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool lt = false;
+};
+
+std::map<GemmKey, GemmPlan>& gemm_plans() {
+  static auto* m = new std::map<GemmKey, GemmPlan>();
+  return *m;
+}
+
+bool make_gemm_plan(Lt& l, GemmPlan& p, int64_t M, int64_t N, int64_t K, int64_t lda, bool ta,
+                    int64_t ldb, bool tb, int64_t ldc, DType dt, int al_a, int al_b, int al_c) {
+  const cublasComputeType_t compute = dt == DType::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  MM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, compute, CUDA_R_32F));
+  const cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  MM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+  MM_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+  // Stored shapes in column-major terms: B is N×K (or K×N when transposed), A is K×M (or M×K).
+  MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_32F, uint64_t(tb ? K : N), uint64_t(tb ? N : K), ldb));
+  MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_32F, uint64_t(ta ? M : K), uint64_t(ta ? K : M), lda));
+  MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, uint64_t(N), uint64_t(M), ldc));
+  cublasLtMatmulPreference_t pref = nullptr;
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = kWorkspace;
+  const uint32_t a_al = uint32_t(al_b), b_al = uint32_t(al_a), c_al = uint32_t(al_c);
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a_al, sizeof a_al));
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &b_al, sizeof b_al));
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &c_al, sizeof c_al));
+  MM_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &c_al, sizeof c_al));
+  cublasLtMatmulHeuristicResult_t res{};
+  int found = 0;
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(l.handle, p.op, p.a, p.b, p.c, p.c, pref, 1, &res, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.op);
+    p = GemmPlan{};
+    return false;
+  }
+  p.algo = res.algo;
+  p.lt = true;
+  return true;
+}
+
+// db[o] += Σ_r dY[r·ld + o]: 32 columns × 8 row lanes per block, a slice of rows per block.
+__global__ void column_sum_kernel(float* __restrict__ db, const float* __restrict__ dY, int64_t ld,
+                                  int64_t M, int64_t O, int64_t rows_per_block) {
+  __shared__ float part[8][33];
+  const int64_t col = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  const int64_t r0 = int64_t(blockIdx.y) * rows_per_block, r1 = min(M, r0 + rows_per_block);
+  float acc = 0.f;
+  if (col < O)
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += 8) acc += dY[r * ld + col];
+  part[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < O) {
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s += part[i][threadIdx.x];
+    atomicAdd(db + col, s);
+  }
+}
+
+
+}  // namespace
+
+void gemm(float* C, int64_t ldc, const float* A, int64_t lda, bool transA, const float* B,
+          int64_t ldb, bool transB, int64_t M, int64_t N, int64_t K, DType dt, float beta) {
+  using detail::require;
+  require(M > 0 && N > 0 && K > 0, "gemm",
+          "sizes must be positive (M=" + std::to_string(M) + ", N=" + std::to_string(N) +
+              ", K=" + std::to_string(K) + ")");
+  require(dt == DType::f32 || dt == DType::tf32, "gemm", "fp32 operands only (f32 or tf32)");
+  require(ldc >= N, "gemm", "ldc " + std::to_string(ldc) + " < N " + std::to_string(N));
+  require(lda >= (transA ? M : K), "gemm", "lda " + std::to_string(lda) + " too small");
+  require(ldb >= (transB ? K : N), "gemm", "ldb " + std::to_string(ldb) + " too small");
+  require(C && A && B, "gemm", "null pointer");
+  require(M < (int64_t(1) << 31) && N < (int64_t(1) << 31) && K < (int64_t(1) << 31) &&
+              lda < (int64_t(1) << 31) && ldb < (int64_t(1) << 31) && ldc < (int64_t(1) << 31),
+          "gemm", "a dimension exceeds 2^31");
+  const int al_a = alignment_of(A, lda, 4), al_b = alignment_of(B, ldb, 4), al_c = alignment_of(C, ldc, 4);
+  Lt& l = lt();
+  std::lock_guard<std::mutex> lk(l.mu);
+  const GemmKey key{M, N, K, lda, ldb, ldc, (transA ? 1 : 0) | (transB ? 2 : 0), int(dt), al_a, al_b, al_c, 0};
+  auto& plans = gemm_plans();
+  auto it = plans.find(key);
+  if (it == plans.end()) {
+    GemmPlan p;
+    make_gemm_plan(l, p, M, N, K, lda, transA, ldb, transB, ldc, dt, al_a, al_b, al_c);
+    it = plans.emplace(key, p).first;
+  }
+  const GemmPlan& p = it->second;
+  const float alpha = 1.0f;
+  if (p.lt) {
+    MM_CUBLAS_CHECK(cublasLtMatmul(l.handle, p.op, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
+                                   l.workspace, kWorkspace, 0));
+    return;
+  }
+  if (!l.blas) {
+    MM_CUBLAS_CHECK(cublasCreate(&l.blas));
+    MM_CUBLAS_CHECK(cublasSetStream(l.blas, 0));
+    MM_CUBLAS_CHECK(cublasSetMathMode(l.blas, CUBLAS_PEDANTIC_MATH));
+  }
+  MM_CUBLAS_CHECK(cublasGemmEx(l.blas, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N,
+                               int(N), int(M), int(K), &alpha, B, CUDA_R_32F, int(ldb), A, CUDA_R_32F, int(lda),
+                               &beta, C, CUDA_R_32F, int(ldc),
+                               dt == DType::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+                               CUBLAS_GEMM_DEFAULT));
+}
+
+void linear_backward(float* dX, int64_t ld_dx, bool accumulate_dx, float* dW, float* db,
+                     const float* dY, int64_t ld_dy, const float* X, int64_t ld_x, const float* W,
+                     int64_t M, int64_t I, int64_t O, DType dt) {
+  using detail::require;
+  require(M > 0 && I > 0 && O > 0, "linear_backward",
+          "sizes must be positive (M=" + std::to_string(M) + ", I=" + std::to_string(I) +
+              ", O=" + std::to_string(O) + ")");
+  require(dY && X && W && dW, "linear_backward", "null pointer");
+  require(ld_dy >= O && ld_x >= I && (!dX || ld_dx >= I), "linear_backward", "row stride smaller than the row");
+  if (dX) gemm(dX, ld_dx, dY, ld_dy, false, W, I, false, M, I, O, dt, accumulate_dx ? 1.0f : 0.0f);  // M×O · O×I
+  gemm(dW, I, dY, ld_dy, true, X, ld_x, false, O, I, M, dt, 1.0f);                                // O×M · M×I
+  if (db) {
+    const int64_t rows_per_block = 2048;
+    const dim3 grid(unsigned((O + 31) / 32), unsigned((M + rows_per_block - 1) / rows_per_block));
+    column_sum_kernel<<<grid, dim3(32, 8)>>>(db, dY, ld_dy, M, O, rows_per_block);
+    MM_CUDA_LAUNCH_CHECK("column_sum_kernel");
+  }
+}
+
 
 }  // namespace mm::cuda

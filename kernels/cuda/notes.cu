@@ -11,6 +11,7 @@
 
 #include <string>
 
+#include "kernels/cuda/backward.hpp"
 #include "kernels/cuda/common.cuh"
 
 namespace mm::cuda {
@@ -418,6 +419,259 @@ void pool_read_forward(void* o, DType odt, const float* q, int64_t ldq, const Re
     launch_read(static_cast<float*>(o), q, ldq, src, nsources, segs, B, T, K, H, dh);
   else
     launch_read(static_cast<__nv_bfloat16*>(o), q, ldq, src, nsources, segs, B, T, K, H, dh);
+}
+
+}  // namespace mm::cuda
+
+// ---- backward ----------------------------------------------------------------------------------
+// note_score and note_scale: one warp per row. pool_read: one block per (segment, sequence), in
+// two phases. Phase A, one thread per (token, head): the softmax statistics (log-sum-exp), δ =
+// Σ_j P_j (dout·v_j) = dout·o, and dq = scale·Σ_j P_j (dout·v_j − δ) k_j. Phase B, one thread per
+// (slot, head): dk_j = scale·Σ_t P_tj (dout_t·v_j − δ_t) q_t and dv_j = Σ_t P_tj dout_t over the
+// segment's tokens, added to the slot's row once (atomics: later segments read the same rows).
+namespace mm::cuda {
+
+namespace {
+
+__device__ __forceinline__ float warp_sum_n(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+constexpr int kRowWarps = 8;
+
+__global__ void note_score_backward_kernel(float* __restrict__ dv, float* __restrict__ dw, float* __restrict__ db,
+                                           const float* __restrict__ ds, const float* __restrict__ s,
+                                           const float* __restrict__ v, const float* __restrict__ w,
+                                           int64_t M, int64_t D) {
+  extern __shared__ float dw_part[];  // D, then db
+  for (int64_t i = threadIdx.x; i <= D; i += blockDim.x) dw_part[i] = 0.f;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  for (int64_t row = int64_t(blockIdx.x) * kRowWarps + (threadIdx.x >> 5); row < M;
+       row += int64_t(gridDim.x) * kRowWarps) {
+    const float sr = s[row];
+    const float dl = ds[row] * sr * (1.0f - sr);
+    if (dl == 0.0f) continue;
+    for (int64_t i = lane; i < D; i += 32) {
+      dv[row * D + i] += dl * w[i];
+      atomicAdd(dw_part + i, dl * v[row * D + i]);
+    }
+    if (lane == 0) atomicAdd(dw_part + D, dl);
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) atomicAdd(dw + i, dw_part[i]);
+  if (threadIdx.x == 0) atomicAdd(db, dw_part[D]);
+}
+
+__global__ void note_scale_backward_kernel(float* __restrict__ dm, int64_t lddm, float* __restrict__ ds,
+                                           const float* __restrict__ dn, int64_t ldn, const float* __restrict__ s,
+                                           const float* __restrict__ m, int64_t ldm, int64_t M, int64_t S) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = int64_t(blockIdx.x) * kRowWarps + (threadIdx.x >> 5);
+  if (row >= M) return;
+  const float sr = s[row];
+  float acc = 0.f;
+  for (int64_t c = lane; c < S; c += 32) {
+    const float g = dn[row * ldn + c];
+    dm[row * lddm + c] = sr * g;
+    acc = fmaf(g, m[row * ldm + c], acc);
+  }
+  acc = warp_sum_n(acc);
+  if (lane == 0) ds[row] = acc;
+}
+
+constexpr int kReadBwdThreads = 256;
+
+struct GradSources {
+  float* kv[kMaxReadSources];
+};
+constexpr int kMaxReadSlots = kMaxReadSources * kMaxSlots;
+
+template <int DH>
+__global__ void __launch_bounds__(kReadBwdThreads)
+pool_read_backward_kernel(float* __restrict__ dq, int64_t lddq, GradSources dsrc, const float* __restrict__ dout,
+                          const float* __restrict__ q, int64_t ldq, Sources src, int nsrc, Segments segs,
+                          int B, int T, int K, int H) {
+  extern __shared__ float stats[];  // rows×H log-sum-exp, then rows×H δ
+  __shared__ int32_t rows[kMaxReadSlots];
+  const int S = H * DH;
+  const int64_t seg = blockIdx.x;
+  const int b = blockIdx.y;
+  const int t0 = segs.t0[seg], t1 = segs.t1[seg], len = t1 - t0;
+  const int total = nsrc * K;
+  const float scale = rsqrtf(float(DH));
+  for (int p = threadIdx.x; p < total; p += blockDim.x) rows[p] = src.snap[p / K][(seg * B + b) * K + p % K];
+  __syncthreads();
+  bool any = false;
+  for (int p = 0; p < total && !any; ++p) any = rows[p] >= 0;
+  const int pairs = len * H;
+  float* lse = stats;
+  float* delta = stats + pairs;
+  if (!any) {  // nothing visible: o = 0, no gradient flows
+    for (int pair = threadIdx.x; pair < pairs; pair += blockDim.x) {
+      const int h = pair / len, t = t0 + pair % len;
+      const int64_t row = int64_t(b) * T + t;
+#pragma unroll
+      for (int i = 0; i < DH; ++i) dq[row * lddq + h * DH + i] = 0.f;
+    }
+    return;
+  }
+  // Phase A: per (token, head).
+  for (int pair = threadIdx.x; pair < pairs; pair += blockDim.x) {
+    const int h = pair / len, t = t0 + pair % len;
+    const int64_t row = int64_t(b) * T + t;
+    float qv[DH], go[DH];
+#pragma unroll
+    for (int i = 0; i < DH; ++i) {
+      qv[i] = q[row * ldq + h * DH + i] * scale;
+      go[i] = dout[row * S + h * DH + i];
+    }
+    float mx = -INFINITY;
+    for (int p = 0; p < total; ++p) {
+      if (rows[p] < 0) continue;
+      const float* k = src.kv[p / K] + int64_t(rows[p]) * 2 * S + h * DH;
+      float a = 0.f;
+#pragma unroll
+      for (int i = 0; i < DH; ++i) a = fmaf(qv[i], k[i], a);
+      mx = fmaxf(mx, a);
+    }
+    float sum = 0.f, dsum = 0.f;
+    for (int p = 0; p < total; ++p) {
+      if (rows[p] < 0) continue;
+      const float* k = src.kv[p / K] + int64_t(rows[p]) * 2 * S + h * DH;
+      float a = 0.f, dp = 0.f;
+#pragma unroll
+      for (int i = 0; i < DH; ++i) {
+        a = fmaf(qv[i], k[i], a);
+        dp = fmaf(go[i], k[S + i], dp);
+      }
+      const float e = __expf(a - mx);
+      sum += e;
+      dsum = fmaf(e, dp, dsum);
+    }
+    const float l = mx + __logf(sum), dl = dsum / sum;
+    lse[pair] = l;
+    delta[pair] = dl;
+    float gq[DH];
+#pragma unroll
+    for (int i = 0; i < DH; ++i) gq[i] = 0.f;
+    for (int p = 0; p < total; ++p) {
+      if (rows[p] < 0) continue;
+      const float* k = src.kv[p / K] + int64_t(rows[p]) * 2 * S + h * DH;
+      float a = 0.f, dp = 0.f;
+#pragma unroll
+      for (int i = 0; i < DH; ++i) {
+        a = fmaf(qv[i], k[i], a);
+        dp = fmaf(go[i], k[S + i], dp);
+      }
+      const float g = __expf(a - l) * (dp - dl);
+#pragma unroll
+      for (int i = 0; i < DH; ++i) gq[i] = fmaf(g, k[i], gq[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < DH; ++i) dq[row * lddq + h * DH + i] = gq[i] * scale;
+  }
+  __syncthreads();
+  // Phase B: per (slot, head).
+  for (int idx = threadIdx.x; idx < total * H; idx += blockDim.x) {
+    const int p = idx / H, h = idx % H;
+    if (rows[p] < 0) continue;
+    const float* kv = src.kv[p / K] + int64_t(rows[p]) * 2 * S;
+    float kk[DH], vv[DH], gk[DH], gv[DH];
+#pragma unroll
+    for (int i = 0; i < DH; ++i) {
+      kk[i] = kv[h * DH + i];
+      vv[i] = kv[S + h * DH + i];
+      gk[i] = 0.f;
+      gv[i] = 0.f;
+    }
+    for (int t = t0; t < t1; ++t) {
+      const int64_t row = int64_t(b) * T + t;
+      const int pair = h * len + (t - t0);
+      const float* qr = q + row * ldq + h * DH;
+      const float* gr = dout + row * S + h * DH;
+      float a = 0.f, dp = 0.f;
+#pragma unroll
+      for (int i = 0; i < DH; ++i) {
+        a = fmaf(qr[i], kk[i], a);
+        dp = fmaf(gr[i], vv[i], dp);
+      }
+      const float P = __expf(a * scale - lse[pair]);
+      const float g = P * (dp - delta[pair]) * scale;
+#pragma unroll
+      for (int i = 0; i < DH; ++i) {
+        gk[i] = fmaf(g, qr[i], gk[i]);
+        gv[i] = fmaf(P, gr[i], gv[i]);
+      }
+    }
+    float* d = dsrc.kv[p / K] + int64_t(rows[p]) * 2 * S;
+#pragma unroll
+    for (int i = 0; i < DH; ++i) {
+      atomicAdd(d + h * DH + i, gk[i]);
+      atomicAdd(d + S + h * DH + i, gv[i]);
+    }
+  }
+}
+
+}  // namespace
+
+void note_score_backward(float* dv, float* dw, float* db, const float* ds, const float* s, const float* v,
+                         const float* w, int64_t M, int64_t D) {
+  require(M > 0 && D > 0 && D <= 4096, "note_score_backward sizes");
+  require(dv && dw && db && ds && s && v && w, "note_score_backward: null pointer");
+  const unsigned grid = unsigned(std::min<int64_t>((M + kRowWarps - 1) / kRowWarps, int64_t(detail::sm_count()) * 8));
+  note_score_backward_kernel<<<grid, kRowWarps * 32, size_t(D + 1) * 4>>>(dv, dw, db, ds, s, v, w, M, D);
+  MM_CUDA_LAUNCH_CHECK("note_score_backward");
+}
+
+void note_scale_backward(float* dm, int64_t lddm, float* ds, const float* dn, int64_t ldn, const float* s,
+                         const float* m, int64_t ldm, int64_t M, int64_t S) {
+  require(M > 0 && S > 0 && lddm >= S && ldn >= S && ldm >= S, "note_scale_backward sizes");
+  require(dm && ds && dn && s && m, "note_scale_backward: null pointer");
+  note_scale_backward_kernel<<<detail::blocks_for(M, kRowWarps), kRowWarps * 32>>>(dm, lddm, ds, dn, ldn, s, m, ldm, M, S);
+  MM_CUDA_LAUNCH_CHECK("note_scale_backward");
+}
+
+void pool_read_backward(float* dq, int64_t lddq, float* const* dkv, const float* dout, const float* q,
+                        int64_t ldq, const ReadSource* sources, int nsources, Segments segs, int64_t B,
+                        int64_t T, int64_t K, int64_t H, int64_t dh) {
+  require(nsources >= 1 && nsources <= kMaxReadSources, "read sources " + std::to_string(nsources));
+  require(K > 0 && K <= kMaxSlots, "pool_slots " + std::to_string(K));
+  require(ldq >= H * dh && lddq >= H * dh && B > 0, "pool_read_backward sizes");
+  require(dq && dkv && dout && q && sources, "pool_read_backward: null pointer");
+  for (int i = 0; i < nsources; ++i) require(dkv[i] && sources[i].kv && sources[i].snap, "pool_read_backward: null source");
+  if (segs.count == 0) return;
+  Sources src{};
+  GradSources dsrc{};
+  for (int i = 0; i < nsources; ++i) {
+    src.kv[i] = sources[i].kv;
+    src.snap[i] = sources[i].snap;
+    dsrc.kv[i] = dkv[i];
+  }
+  // Segments live on the device; their bound (a memory chunk, at most kMaxSegment rows, as
+  // pool_evolve requires) sizes the statistics: 2·rows·H floats.
+  const size_t smem = size_t(2 * kMaxSegment * H) * sizeof(float);
+  require(smem <= 200 * 1024, "pool_read_backward: too many heads for the shared statistics");
+  dim3 grid(unsigned(segs.count), unsigned(B));
+#define MM_READ_BWD(D)                                                                                   \
+  if (dh == D) {                                                                                         \
+    if (smem > 48 * 1024)                                                                                \
+      MM_CUDA_CHECK(cudaFuncSetAttribute(pool_read_backward_kernel<D>,                                   \
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));       \
+    pool_read_backward_kernel<D><<<grid, kReadBwdThreads, smem>>>(dq, lddq, dsrc, dout, q, ldq, src,     \
+                                                                  nsources, segs, int(B), int(T), int(K), \
+                                                                  int(H));                               \
+    MM_CUDA_LAUNCH_CHECK("pool_read_backward");                                                          \
+    return;                                                                                              \
+  }
+  MM_READ_BWD(4)
+  MM_READ_BWD(8)
+  MM_READ_BWD(16)
+  MM_READ_BWD(32)
+#undef MM_READ_BWD
+  require(false, "note head width " + std::to_string(dh) + " (supported: 4, 8, 16, 32)");
 }
 
 }  // namespace mm::cuda

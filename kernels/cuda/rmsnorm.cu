@@ -1,5 +1,6 @@
 // RMSNorm, one warp per row: y = x · rsqrt(mean(x²) + eps) · w (eps inside the sqrt), with the
 // note score fused: s = σ(y_f32 · score_w + score_b) from the same normalised row.
+#include "kernels/cuda/backward.hpp"
 #include "kernels/cuda/common.cuh"
 
 namespace mm::cuda {
@@ -72,6 +73,70 @@ void rmsnorm_forward(void* y, DType ydt, const float* x, const float* w, int64_t
   if (ydt == DType::tf32) throw Error("rmsnorm: activations are written as f32 or bf16, not tf32");
   if (ydt == DType::f32) launch<float>(y, x, w, M, D, eps, s, score_w, score_b);
   else launch<__nv_bfloat16>(y, x, w, M, D, eps, s, score_w, score_b);
+}
+
+}  // namespace mm::cuda
+
+// ---- backward ----------------------------------------------------------------------------------
+// One warp per row (rows strided over the grid), with dw collected per block in shared memory and
+// added once per block: dx = r·(dy⊙w) − x·r³·Σ(dy⊙w⊙x)/D, dw += Σ_rows dy⊙x·r.
+namespace mm::cuda {
+
+namespace {
+
+constexpr int kMaxBackwardD = 4096;
+
+__device__ __forceinline__ float warp_sum_b(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__global__ void __launch_bounds__(kWarps * 32)
+rmsnorm_backward_kernel(float* __restrict__ dx, bool accumulate, float* __restrict__ dw,
+                        const float* __restrict__ dy, const float* __restrict__ x,
+                        const float* __restrict__ w, int64_t M, int64_t D, float eps) {
+  extern __shared__ float dw_part[];  // D
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) dw_part[i] = 0.f;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  for (int64_t row = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5); row < M;
+       row += int64_t(gridDim.x) * kWarps) {
+    const float* xr = x + row * D;
+    const float* dyr = dy + row * D;
+    float ss = 0.f, dot = 0.f;
+    for (int64_t i = lane; i < D; i += 32) {
+      const float v = xr[i];
+      ss = fmaf(v, v, ss);
+      dot = fmaf(dyr[i] * w[i], v, dot);
+    }
+    ss = warp_sum_b(ss);
+    dot = warp_sum_b(dot);
+    const float rs = 1.0f / sqrtf(ss / float(D) + eps);
+    const float c = dot * rs * rs * rs / float(D);
+    float* dxr = dx + row * D;
+    for (int64_t i = lane; i < D; i += 32) {
+      const float v = dyr[i] * w[i] * rs - xr[i] * c;
+      dxr[i] = accumulate ? dxr[i] + v : v;
+      atomicAdd(dw_part + i, dyr[i] * xr[i] * rs);
+    }
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) atomicAdd(dw + i, dw_part[i]);
+}
+
+}  // namespace
+
+void rmsnorm_backward(float* dx, bool accumulate, float* dw, const float* dy, const float* x,
+                      const float* w, int64_t M, int64_t D, float eps) {
+  using detail::require;
+  require(M > 0 && D > 0 && D <= kMaxBackwardD, "rmsnorm_backward",
+          "sizes M=" + std::to_string(M) + ", D=" + std::to_string(D) + " (D at most 4096)");
+  require(dx && dw && dy && x && w, "rmsnorm_backward", "null pointer");
+  require(eps > 0.f, "rmsnorm_backward", "eps must be positive");
+  const unsigned grid = unsigned(std::min<int64_t>((M + kWarps - 1) / kWarps, int64_t(detail::sm_count()) * 8));
+  rmsnorm_backward_kernel<<<grid, kWarps * 32, size_t(D) * sizeof(float)>>>(dx, accumulate, dw, dy, x, w, M, D, eps);
+  MM_CUDA_LAUNCH_CHECK("rmsnorm_backward_kernel");
 }
 
 }  // namespace mm::cuda
