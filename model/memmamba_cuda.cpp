@@ -339,4 +339,30 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
   cuda::synchronize();
 }
 
+std::unique_ptr<MemMambaCuda::State, void (*)(MemMambaCuda::State*)> MemMambaCuda::copy_state(const State& src) const {
+  std::unique_ptr<State, void (*)(State*)> st(new State, [](State* p) { delete p; });
+  st->batch = src.batch;
+  st->position = src.position;
+  auto dup = []<typename E>(Buffer<E>& dst, const Buffer<E>& from) {  // same size and contents
+    dst = Buffer<E>(from.size());
+    cuda::copy_device(dst.data(), from.data(), from.size() * sizeof(E));
+  };
+  st->layers.resize(src.layers.size());
+  for (size_t l = 0; l < src.layers.size(); ++l) {
+    const State::Layer& a = src.layers[l];
+    State::Layer& b = st->layers[l];
+    dup(b.conv_tail, a.conv_tail);
+    dup(b.ssm, a.ssm);
+    dup(b.pos, a.pos);
+    dup(b.cand_pos, a.cand_pos);
+    dup(b.prio, a.prio);
+    dup(b.cand_score, a.cand_score);
+    dup(b.pool_values, a.pool_values);
+    dup(b.cand_values, a.cand_values);
+    dup(b.used, a.used);
+    dup(b.cand_count, a.cand_count);
+  }
+  return st;
+}
+
 }  // namespace mm

@@ -43,6 +43,10 @@ public:
 
   struct Impl;
 
+  // A copy of a stream state on the device (position; per layer conv tail, SSM state, pool and
+  // candidates): fed the same tokens, the copy continues exactly as the original would.
+  std::unique_ptr<State, void (*)(State*)> copy_state(const State& src) const;
+
 private:
   Config cfg_;
   ParamTable table_;
