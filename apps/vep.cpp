@@ -15,6 +15,7 @@
 #include "apps/model_path.hpp"
 #include "memmamba/version.hpp"
 #include "model/checkpoint.hpp"
+#include "model/stream_model.hpp"
 #include "pipelines/vep.hpp"
 
 // OpenBLAS's own thread pool: vep runs records in parallel (TBB), and the model's products are
@@ -44,6 +45,16 @@ is fed to the model but adds no term. --strand both: the mean of the forward val
 value of the reverse complement of the same window (read from its downstream end; summed over
 the reverse-complemented allele and the upstream bases after it in that direction).
 Multi-allelic records get one value per ALT (the REF pass is shared).
+--upstream all: the context is the whole contig prefix (the window starts at the contig start).
+It runs, by default (--mode stream), as one pass per contig over the reference that stops at
+each variant, copies the model's state there (conv tails, SSM states, note pools) and scores
+REF and ALTs from the copies: the cost is the contig up to its last variant plus variants x
+(allele + W): less than windows of a finite U once variants are denser than one per U bases
+(a whole-genome call set: about one per 1 kb), with all the context before each. It needs records
+sorted by position within each contig and each contig in one block (bcftools sort); an
+unsorted record is an error. --mode window computes the same values (within float rounding)
+with one stream per record from the contig start, in any order, at a cost of p per variant
+(short contigs, tests). A finite --upstream always uses windows.
 MM_SKIP reasons: contig_missing, ref_mismatch (an error with --strict), n_context (REF or ALT
 with a base other than A/C/G/T), and per ALT symbolic, breakend, spanning_deletion ('*'),
 missing_alt ('.'). Per-ALT skips give one MM_SKIP entry per ALT ('.' = scored) and a missing
@@ -57,13 +68,14 @@ const std::vector<Option> kOptions = {
     {'m', "model", "FILE", "model checkpoint (.safetensors); MEMMAMBA_MODEL overrides the shipped one", "the shipped model"},
     {'o', "output", "FILE", "output file, written atomically ('-': stdout)", "-"},
     {'O', "output-type", "T", "v (VCF), z (bgzip VCF) or b (BCF)", "from the -o name, else v"},
-    {0, "upstream", "INT", "bases of context before the variant (0 .. 1000000)", "1024"},
+    {0, "upstream", "INT|all", "bases of context before the variant (0 .. 1000000), or all: the whole contig prefix", "1024"},
     {0, "downstream", "INT", "bases scored after the REF allele (0 .. 1000000)", "128"},
-    {0, "strand", "S", "fwd, or both (mean of forward and reverse-complement values)", "fwd"},
+    {0, "strand", "S", "fwd, or both (mean of forward and reverse-complement values; not with --mode stream)", "fwd"},
+    {0, "mode", "M", "auto (stream with --upstream all, else window), stream (one pass per contig, forked at each variant; needs --upstream all and a sorted VCF) or window (one stream per record)", "auto"},
     {0, "strict", "", "a REF that does not match the FASTA is an error (default: MM_SKIP=ref_mismatch)", ""},
     {0, "batch", "INT", "records scored in parallel between writes", "64"},
     {'@', "threads", "INT", "worker threads (0: all cores)", "0"},
-    {0, "device", "DEV", "auto or cpu (vep runs on the CPU in this version)", "auto"},
+    {0, "device", "DEV", "auto, cpu or cuda (auto: cuda when built with it and a GPU is present)", "auto"},
     {'q', "quiet", "", "no notes on stderr", ""},
 };
 
@@ -92,23 +104,48 @@ int vep_main(int argc, char** argv) {
       else if (t == "b" || t == "bcf") o.format = io::VcfFormat::bcf;
       else throw UsageError("-O/--output-type wants v, z or b, got '" + t + "'");
     }
-    o.upstream = args.get_int("upstream");
-    if (o.upstream < 0 || o.upstream > 1000000) throw UsageError("--upstream wants 0 .. 1000000 bases");
+    if (args.get("upstream") == "all") {
+      o.upstream = pipelines::kUpstreamAll;
+    } else {
+      o.upstream = args.get_int("upstream");
+      if (o.upstream < 0 || o.upstream > 1000000) throw UsageError("--upstream wants 0 .. 1000000 bases, or all");
+    }
     o.downstream = args.get_int("downstream");
     if (o.downstream < 0 || o.downstream > 1000000) throw UsageError("--downstream wants 0 .. 1000000 bases");
     const std::string strand = args.get("strand");
     if (strand == "fwd" || strand == "+") o.strand = pipelines::VepStrand::fwd;
     else if (strand == "both") o.strand = pipelines::VepStrand::both;
     else throw UsageError("--strand wants fwd or both, got '" + strand + "'");
+    const std::string mode = args.get("mode");
+    const bool all = o.upstream == pipelines::kUpstreamAll;
+    if (mode == "stream") {
+      if (!all) throw UsageError("--mode stream scores with the whole contig prefix as context: it needs --upstream all");
+      if (o.strand != pipelines::VepStrand::fwd)
+        throw UsageError("--mode stream scores the forward strand only; use --mode window with --strand both");
+      o.mode = pipelines::VepMode::stream;
+    } else if (mode == "window") {
+      o.mode = pipelines::VepMode::window;
+    } else if (mode == "auto") {
+      if (all && o.strand == pipelines::VepStrand::both)
+        throw UsageError("--upstream all with --strand both: the reverse pass would read the whole contig "
+                         "prefix per variant; give --mode window to run it anyway, or a finite --upstream");
+      o.mode = all ? pipelines::VepMode::stream : pipelines::VepMode::window;
+    } else {
+      throw UsageError("--mode wants auto, stream or window, got '" + mode + "'");
+    }
     o.strict = args.flag("strict");
     o.batch = args.get_int("batch");
     if (o.batch <= 0) throw UsageError("--batch wants a positive number of records");
     const long threads = args.get_int("threads");
     if (threads < 0) throw UsageError("-@/--threads wants a number >= 0");
-    const std::string dev = args.get("device");
-    if (dev.rfind("cuda", 0) == 0)
-      throw UsageError("--device " + dev + ": vep runs on the CPU in this version (use --device cpu or auto)");
-    if (dev != "auto" && dev != "cpu") throw UsageError("--device wants auto or cpu, got '" + dev + "'");
+    std::string dev = args.get("device");
+    if (dev != "auto" && dev != "cpu" && dev != "cuda") throw UsageError("--device wants auto, cpu or cuda, got '" + dev + "'");
+    if (dev == "auto") dev = cuda_stream_model_available() ? "cuda" : "cpu";
+    if (dev == "cuda" && !cuda_stream_model_available())
+      throw UsageError("--device cuda: no CUDA device here, or this build has no CUDA backend");
+    // The GPU wants long pieces (the stream mode's pass between sparse variants); results do not
+    // depend on the piece length.
+    if (dev == "cuda") o.piece = int64_t(1) << 20;
 
     std::unique_ptr<tbb::global_control> limit;
     if (threads > 0)
@@ -127,13 +164,21 @@ int vep_main(int argc, char** argv) {
       };
     const std::string model_path = resolve_model_path(args.has("model") ? args.get("model") : "");
     Checkpoint ckpt = load_checkpoint(model_path);
-    MemMamba<float> model(ckpt.config, std::move(ckpt.params));
+    std::unique_ptr<MemMamba<float>> cpu_model;
+    std::unique_ptr<StreamModel> model;
+    if (dev == "cuda") {
+      model = make_cuda_stream_model(ckpt.config, ckpt.params);
+    } else {
+      cpu_model = std::make_unique<MemMamba<float>>(ckpt.config, std::move(ckpt.params));
+      model = std::make_unique<CpuStreamModel>(*cpu_model);
+    }
+    rep.say("device: " + dev + ", mode: " + (o.mode == pipelines::VepMode::stream ? "stream" : "window"));
     o.version = kVersion;
     o.model_path = model_path;
     o.command_line = command_line(argc, argv);
 
     const auto t0 = std::chrono::steady_clock::now();
-    const auto st = pipelines::vep(model, o, rep);
+    const auto st = pipelines::vep(*model, o, rep);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (rep.progress) std::fputc('\n', stderr);
     char line[320];

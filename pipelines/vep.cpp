@@ -3,11 +3,13 @@
 
 #include <htslib/vcf.h>
 #include <tbb/parallel_for.h>
+#include <tbb/task_group.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstring>
 #include <memory>
+#include <set>
 
 #include "io/fasta.hpp"
 #include "io/tokenizer.hpp"
@@ -18,43 +20,54 @@ namespace mm::pipelines {
 // ---------------------------------------------------------------------------------------------
 // The scoring core
 
-std::vector<double> score_continuations(MemMamba<float>& model, std::span<const uint8_t> prefix,
-                                        const std::vector<std::vector<uint8_t>>& continuations,
-                                        int64_t piece, int64_t* fed) {
-  const size_t V = static_cast<size_t>(model.config().vocab);
-  if (V <= io::tok::BOS)
-    throw Error("the model's vocabulary (" + std::to_string(V) + ") has no BOS token: not a DNA model of this format");
+namespace {
+
+void check_vocab(const Config& c) {
+  if (c.vocab <= io::tok::BOS)
+    throw Error("the model's vocabulary (" + std::to_string(c.vocab) + ") has no BOS token: not a DNA model of this format");
+}
+
+// Feeds tokens (no BOS) to a stream in pieces; keeps the logits row of the last one in `last`.
+void feed(StreamModel& s, const uint8_t* t, size_t n, int64_t piece, std::vector<float>& last,
+          std::vector<int32_t>& tk, std::vector<float>& logits) {
+  const size_t V = static_cast<size_t>(s.config().vocab);
+  for (size_t done = 0; done < n;) {
+    const size_t m = std::min(n - done, static_cast<size_t>(piece));
+    tk.assign(t + done, t + done + m);
+    logits.resize(m * V);
+    s.forward(tk.data(), static_cast<int64_t>(m), logits.data());
+    last.assign(logits.end() - static_cast<std::ptrdiff_t>(V), logits.end());
+    done += m;
+  }
+}
+
+// Resets the stream and runs BOS; `last` gets its logits row.
+void start(StreamModel& s, std::vector<float>& last) {
+  const size_t V = static_cast<size_t>(s.config().vocab);
+  s.reset();
+  const int32_t bos = io::tok::BOS;
+  last.resize(V);
+  s.forward(&bos, 1, last.data());
+}
+
+}  // namespace
+
+std::vector<double> score_forks(const StreamModel& stream, std::span<const float> last,
+                                const std::vector<std::vector<uint8_t>>& continuations, int64_t piece,
+                                int64_t* fed) {
+  const size_t V = static_cast<size_t>(stream.config().vocab);
+  check_vocab(stream.config());
+  if (last.size() != V) throw Error("score_forks: the last logits row has " + std::to_string(last.size()) + " values, not V");
   piece = std::max<int64_t>(1, piece);
   std::vector<int32_t> tk;
   std::vector<float> logits;
+  std::vector<float> pending(V);
   int64_t n_fed = 0;
-
-  // The shared prefix: BOS + prefix, in pieces; only the last logits row is kept.
-  StreamState<float> base = model.new_state(1);
-  std::vector<float> last(V);
-  {
-    size_t done = 0;
-    bool first = true;
-    while (first || done < prefix.size()) {
-      const size_t m = std::min(prefix.size() - done, static_cast<size_t>(piece));
-      tk.clear();
-      if (first) tk.push_back(io::tok::BOS);
-      for (size_t i = 0; i < m; ++i) tk.push_back(prefix[done + i]);
-      logits.resize(tk.size() * V);
-      model.forward(tk.data(), 1, static_cast<int64_t>(tk.size()), logits.data(), &base);
-      n_fed += static_cast<int64_t>(tk.size());
-      std::copy(logits.end() - static_cast<std::ptrdiff_t>(V), logits.end(), last.begin());
-      done += m;
-      first = false;
-    }
-  }
-
   std::vector<double> sums;
   sums.reserve(continuations.size());
-  std::vector<float> pending(V);
   for (const auto& cont : continuations) {
-    StreamState<float> st = base;  // every continuation starts from the prefix's state
-    pending = last;
+    const std::unique_ptr<StreamModel> st = stream.fork();  // every continuation starts from the prefix's state
+    pending.assign(last.begin(), last.end());
     double sum = 0;
     size_t done = 0;
     while (done < cont.size()) {
@@ -62,7 +75,7 @@ std::vector<double> score_continuations(MemMamba<float>& model, std::span<const 
       tk.assign(cont.begin() + static_cast<std::ptrdiff_t>(done),
                 cont.begin() + static_cast<std::ptrdiff_t>(done + m));
       logits.resize(m * V);
-      model.forward(tk.data(), 1, static_cast<int64_t>(m), logits.data(), &st);
+      st->forward(tk.data(), static_cast<int64_t>(m), logits.data());
       n_fed += static_cast<int64_t>(m);
       for (size_t i = 0; i < m; ++i) {
         const uint8_t t = cont[done + i];
@@ -81,6 +94,26 @@ std::vector<double> score_continuations(MemMamba<float>& model, std::span<const 
   return sums;
 }
 
+std::vector<double> score_continuations(StreamModel& model, std::span<const uint8_t> prefix,
+                                        const std::vector<std::vector<uint8_t>>& continuations, int64_t piece,
+                                        int64_t* fed) {
+  check_vocab(model.config());
+  piece = std::max<int64_t>(1, piece);
+  std::vector<int32_t> tk;
+  std::vector<float> logits, last;
+  start(model, last);
+  feed(model, prefix.data(), prefix.size(), piece, last, tk, logits);
+  if (fed) *fed += 1 + static_cast<int64_t>(prefix.size());
+  return score_forks(model, last, continuations, piece, fed);
+}
+
+std::vector<double> score_continuations(MemMamba<float>& model, std::span<const uint8_t> prefix,
+                                        const std::vector<std::vector<uint8_t>>& continuations, int64_t piece,
+                                        int64_t* fed) {
+  CpuStreamModel s(model);
+  return score_continuations(s, prefix, continuations, piece, fed);
+}
+
 namespace {
 
 std::vector<uint8_t> tokens_of(const std::string& letters) {
@@ -95,35 +128,62 @@ std::vector<uint8_t> concat(const std::vector<uint8_t>& a, const std::vector<uin
   return r;
 }
 
-}  // namespace
-
-std::vector<double> score_window(MemMamba<float>& model, const LocalWindow& w, VepStrand strand,
-                                 int64_t piece, int64_t* fed) {
-  const auto up = tokens_of(w.upstream), down = tokens_of(w.downstream);
+// REF then each ALT, as tokens.
+std::vector<std::vector<uint8_t>> alleles_of(const LocalWindow& w) {
   std::vector<std::vector<uint8_t>> alleles;
   alleles.push_back(tokens_of(w.ref));
   for (const auto& a : w.alts) alleles.push_back(tokens_of(a));
+  return alleles;
+}
 
-  // Forward: prefix = upstream, continuation = allele + downstream.
+// The forward continuations: allele + downstream, REF first.
+std::vector<std::vector<uint8_t>> forward_continuations(const std::vector<std::vector<uint8_t>>& alleles,
+                                                        const std::vector<uint8_t>& down) {
   std::vector<std::vector<uint8_t>> conts;
   for (const auto& a : alleles) conts.push_back(concat(a, down));
-  const auto f = score_continuations(model, up, conts, piece, fed);
-  std::vector<double> llr(w.alts.size());
-  for (size_t k = 0; k < w.alts.size(); ++k) llr[k] = f[k + 1] - f[0];
+  return conts;
+}
+
+std::vector<double> differences(const std::vector<double>& sums) {  // ALT − REF
+  std::vector<double> llr(sums.size() - 1);
+  for (size_t k = 0; k < llr.size(); ++k) llr[k] = sums[k + 1] - sums[0];
+  return llr;
+}
+
+}  // namespace
+
+std::vector<double> score_fork(const StreamModel& stream, std::span<const float> last, const LocalWindow& w,
+                               int64_t piece, int64_t* fed) {
+  return differences(score_forks(stream, last, forward_continuations(alleles_of(w), tokens_of(w.downstream)), piece, fed));
+}
+
+std::vector<double> score_window(StreamModel& model, const LocalWindow& w, VepStrand strand, int64_t piece,
+                                 int64_t* fed) {
+  const auto up = tokens_of(w.upstream), down = tokens_of(w.downstream);
+  const auto alleles = alleles_of(w);
+
+  // Forward: prefix = upstream, continuation = allele + downstream.
+  std::vector<double> llr = differences(score_continuations(model, up, forward_continuations(alleles, down), piece, fed));
   if (strand == VepStrand::fwd) return llr;
 
   // Reverse: prefix = rc(downstream), continuation = rc(upstream + allele) = rc(allele) + rc(upstream).
   std::vector<uint8_t> rdown = down;
   io::reverse_complement(rdown.data(), rdown.size());
-  conts.clear();
+  std::vector<std::vector<uint8_t>> conts;
   for (const auto& a : alleles) {
     auto c = concat(up, a);
     io::reverse_complement(c.data(), c.size());
     conts.push_back(std::move(c));
   }
-  const auto r = score_continuations(model, rdown, conts, piece, fed);
-  for (size_t k = 0; k < w.alts.size(); ++k) llr[k] = 0.5 * (llr[k] + (r[k + 1] - r[0]));
+  const auto r = differences(score_continuations(model, rdown, conts, piece, fed));
+  for (size_t k = 0; k < llr.size(); ++k) llr[k] = 0.5 * (llr[k] + r[k]);
   return llr;
+}
+
+std::vector<double> score_window(MemMamba<float>& model, const LocalWindow& w, VepStrand strand, int64_t piece,
+                                 int64_t* fed) {
+  CpuStreamModel s(model);
+  return score_window(s, w, strand, piece, fed);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -146,6 +206,8 @@ struct Job {
   std::string record_skip;             // non-empty: the whole record is not scored
   std::vector<std::string> alt_skip;   // per ALT: empty when scored
   LocalWindow window;                  // the ALTs to score, in ALT order
+  std::unique_ptr<StreamModel> fork;   // stream mode: the contig's stream at the variant
+  std::vector<float> last;             // stream mode: its last logits row
   std::vector<double> llr;             // per scored ALT
   int64_t fed = 0;
 };
@@ -156,13 +218,73 @@ std::string header_text(std::string s) {
   return s;
 }
 
+// Stream mode: the one pass over a contig, advanced from variant to variant.
+class ContigStream {
+public:
+  ContigStream(StreamModel& model, const io::IndexedFasta& fasta, int64_t piece)
+      : model_(model), fasta_(fasta), piece_(std::max<int64_t>(1, piece)) {}
+  const std::string& contig() const { return contig_; }
+  int64_t at() const { return at_; }
+  // A new pass over `contig`: the stream holds BOS.
+  void begin(const std::string& contig, int64_t* fed) {
+    contig_ = contig;
+    at_ = 0;
+    start(model_, last_);
+    *fed += 1;
+  }
+  // Feeds ref[at, p), in pieces read from the FASTA: the stream then holds BOS + ref[0, p).
+  void advance_to(int64_t p, int64_t* fed) {
+    while (at_ < p) {
+      const int64_t m = std::min(p - at_, piece_);
+      const std::string letters = fasta_.fetch(contig_, at_, at_ + m);
+      if (static_cast<int64_t>(letters.size()) != m)
+        throw Error("cannot read " + contig_ + ":" + std::to_string(at_ + 1) + "-" + std::to_string(at_ + m), fasta_.path());
+      tokens_.resize(letters.size());
+      io::encode(letters.data(), letters.size(), tokens_.data());
+      feed(model_, tokens_.data(), tokens_.size(), piece_, last_, tk_, logits_);
+      at_ += m;
+      *fed += m;
+    }
+  }
+  std::unique_ptr<StreamModel> fork() const { return model_.fork(); }
+  const std::vector<float>& last() const { return last_; }
+
+private:
+  StreamModel& model_;
+  const io::IndexedFasta& fasta_;
+  int64_t piece_;
+  std::string contig_;
+  int64_t at_ = 0;
+  std::vector<float> last_, logits_;
+  std::vector<uint8_t> tokens_;
+  std::vector<int32_t> tk_;
+};
+
+// Waits for a task group's tasks when leaving a scope early (an exception on the main thread),
+// so no task outlives the jobs it writes to.
+struct WaitOnExit {
+  tbb::task_group& g;
+  ~WaitOnExit() {
+    try {
+      g.wait();
+    } catch (...) {  // the first exception is already on its way
+    }
+  }
+};
+
 }  // namespace
 
-VepStats vep(MemMamba<float>& model, const VepOptions& o, const Reporter& rep) {
-  if (o.upstream < 0 || o.upstream > 1000000) throw UsageError("--upstream wants 0 .. 1000000 bases");
+VepStats vep(StreamModel& model, const VepOptions& o, const Reporter& rep) {
+  const bool all = o.upstream == kUpstreamAll;
+  if (!all && (o.upstream < 0 || o.upstream > 1000000)) throw UsageError("--upstream wants 0 .. 1000000 bases, or all");
   if (o.downstream < 0 || o.downstream > 1000000) throw UsageError("--downstream wants 0 .. 1000000 bases");
-  if (model.config().vocab <= io::tok::BOS)
-    throw Error("the model's vocabulary has no BOS token: not a DNA model of this format");
+  const bool stream = o.mode == VepMode::stream;
+  if (stream && !all)
+    throw UsageError("--mode stream scores with the whole contig prefix as context: it needs --upstream all");
+  if (stream && o.strand != VepStrand::fwd)
+    throw UsageError("--mode stream scores the forward strand only (--strand both reads each window from its "
+                     "downstream end); use --mode window or a finite --upstream");
+  check_vocab(model.config());
 
   io::FastaOptions fo;
   fo.reporter = rep;
@@ -178,7 +300,8 @@ VepStats vep(MemMamba<float>& model, const VepOptions& o, const Reporter& rep) {
   if (bcf_hdr_append(reader.header(), prov.c_str()) < 0 || bcf_hdr_sync(reader.header()) < 0)
     throw Error("cannot add the ##memmamba header line", o.output);
 
-  const std::string rule = "U=" + std::to_string(o.upstream) + ",W=" + std::to_string(o.downstream) +
+  const std::string rule = "U=" + (all ? std::string("all") : std::to_string(o.upstream)) +
+                           ",W=" + std::to_string(o.downstream) +
                            ",strand=" + (o.strand == VepStrand::both ? "both" : "fwd");
   const std::vector<io::InfoDef> defs = {
       {"MM_LLR", "A", "Float",
@@ -193,6 +316,22 @@ VepStats vep(MemMamba<float>& model, const VepOptions& o, const Reporter& rep) {
   VepStats stats;
   std::vector<Job> jobs;
   const size_t batch = static_cast<size_t>(std::max<int64_t>(1, o.batch));
+  const int64_t piece = std::max<int64_t>(1, o.piece);
+  ContigStream cs(model, fasta, piece);
+  std::set<std::string> streamed;  // contigs whose pass is over
+  std::string last_where;          // the last record streamed, for the unsorted-input message
+  auto score_job = [&](Job& j) {
+    if (j.fork) {
+      j.llr = score_fork(*j.fork, j.last, j.window, piece, &j.fed);
+      j.fork.reset();
+      j.last = {};
+    } else if (model.concurrent()) {
+      const auto s = model.fork();  // its own stream, reset by score_window
+      j.llr = score_window(*s, j.window, o.strand, piece, &j.fed);
+    } else {
+      j.llr = score_window(model, j.window, o.strand, piece, &j.fed);
+    }
+  };
   bool more = true;
   while (more) {
     jobs.clear();
@@ -204,7 +343,10 @@ VepStats vep(MemMamba<float>& model, const VepOptions& o, const Reporter& rep) {
       }
       jobs.push_back(std::move(j));
     }
-    // Prepare in order (FASTA reads, REF checks, skip reasons).
+    tbb::task_group tasks;  // stream mode: forks scored while the contig's pass goes on
+    WaitOnExit wait_on_exit{tasks};
+    // Prepare in order (FASTA reads, REF checks, skip reasons; stream mode: the contig's pass
+    // up to each variant and the fork there).
     for (Job& j : jobs) {
       const io::VcfRecord& r = j.rec;
       j.alt_skip.assign(r.alts.size(), "");
@@ -247,18 +389,51 @@ VepStats vep(MemMamba<float>& model, const VepOptions& o, const Reporter& rep) {
         }
       }
       if (j.window.alts.empty()) continue;
-      const int64_t s = std::max<int64_t>(0, p - o.upstream);
+      const int64_t s = all ? 0 : std::max<int64_t>(0, p - o.upstream);
       const int64_t e = std::min<int64_t>(len, end + o.downstream);
-      j.window.upstream = s < p ? fasta.fetch(name, s, p) : "";
       j.window.ref = r.ref;
       j.window.downstream = end < e ? fasta.fetch(name, end, e) : "";
+      if (!stream) {
+        j.window.upstream = s < p ? fasta.fetch(name, s, p) : "";
+        continue;
+      }
+      // Stream mode: the records to score come sorted by position within each contig, each
+      // contig in one block.
+      if (name != cs.contig()) {
+        if (streamed.count(name))
+          throw Error("the VCF is not sorted: " + r.where() + " comes after records of other contigs (last " +
+                          last_where + "); --upstream all streams each contig once: sort the VCF "
+                          "(bcftools sort) or use --mode window (which costs the contig prefix per variant)",
+                      reader.path(), r.line);
+        if (!cs.contig().empty()) streamed.insert(cs.contig());
+        cs.begin(name, &stats.fed);
+        ++stats.contigs_streamed;
+      } else if (p < cs.at()) {
+        throw Error("the VCF is not sorted: " + r.where() + " comes after " + last_where +
+                        "; --upstream all streams each contig once: sort the VCF (bcftools sort) or use "
+                        "--mode window (which costs the contig prefix per variant)",
+                    reader.path(), r.line);
+      }
+      last_where = r.where();
+      cs.advance_to(p, &stats.fed);
+      j.fork = cs.fork();
+      j.last = cs.last();
+      if (model.concurrent()) tasks.run([&score_job, &j] { score_job(j); });
+      else score_job(j);
     }
-    // Score in parallel (each record on its own streams).
-    tbb::parallel_for(size_t(0), jobs.size(), [&](size_t i) {
-      Job& j = jobs[i];
-      if (!j.record_skip.empty() || j.window.alts.empty()) return;
-      j.llr = score_window(model, j.window, o.strand, o.piece, &j.fed);
-    });
+    // Score (window mode: in parallel, each record on its own stream).
+    if (stream) {
+      tasks.wait();
+    } else if (model.concurrent()) {
+      tbb::parallel_for(size_t(0), jobs.size(), [&](size_t i) {
+        Job& j = jobs[i];
+        if (!j.record_skip.empty() || j.window.alts.empty()) return;
+        score_job(j);
+      });
+    } else {
+      for (Job& j : jobs)
+        if (j.record_skip.empty() && !j.window.alts.empty()) score_job(j);
+    }
     // Write in order.
     for (Job& j : jobs) {
       ++stats.records;
@@ -295,6 +470,11 @@ VepStats vep(MemMamba<float>& model, const VepOptions& o, const Reporter& rep) {
   }
   writer.close();
   return stats;
+}
+
+VepStats vep(MemMamba<float>& model, const VepOptions& o, const Reporter& rep) {
+  CpuStreamModel s(model);
+  return vep(s, o, rep);
 }
 
 }  // namespace mm::pipelines

@@ -21,6 +21,19 @@
 // Multi-allelic records: one value per ALT; the REF pass and the shared upstream prefix are run
 // once per record.
 //
+// Upstream context U = all (kUpstreamAll): s = 0, the whole contig prefix. Two computations give
+// the same values (within float rounding; test_vep checks 1e-4):
+//   stream (the default for U = all): one pass per contig over BOS + the reference, stopping at
+//     each variant position p to fork the stream's state (conv tails, SSM states, note pools and
+//     chunk candidates of every layer); the REF and ALT continuations (allele + downstream) run
+//     from forks of that state, which are then dropped, and the main stream goes on. Cost: the
+//     contig up to its last variant, plus variants × (REF + ALTs) × (allele + W). Needs the
+//     records to score sorted by position within each contig, each contig in one block (bcftools
+//     sort order); otherwise an error naming the record (no fallback: a record out of order
+//     would cost its whole prefix again). Forward strand only.
+//   window: every record's own stream from the contig start (cost: p per variant); any order.
+// A finite U is always the window computation (the stream's state holds the whole prefix).
+//
 // Skips (MM_SKIP, no MM_LLR value): for the whole record contig_missing (contig not in the
 // FASTA), ref_mismatch (REF differs from the FASTA; an error with --strict), n_context (REF holds
 // a base other than A/C/G/T); per ALT symbolic (<DEL>, ...), breakend, spanning_deletion ('*'),
@@ -36,14 +49,23 @@
 #include "io/error.hpp"
 #include "io/vcf.hpp"
 #include "model/memmamba.hpp"
+#include "model/stream_model.hpp"
 
 namespace mm::pipelines {
 
-// The core every variant goes through (a streaming fast path can replace it later): the stream
-// BOS + prefix is run once, then each continuation is run from a copy of its state; returns, per
-// continuation, Σ ln p(token | everything before it) over the continuation's A/C/G/T tokens
-// (double). Tokens: io::tok codes (A C G T N). `piece` bounds the tokens per forward call.
-// `fed` (optional) is increased by the tokens run through the model.
+// The scoring core. `stream` has run BOS + a prefix; `last` is the logits row of its last token
+// (the prediction of the first token of every continuation). Each continuation runs from its own
+// fork of `stream`, which is left as it is. Returns, per continuation, Σ ln p(token | everything
+// before it) over the continuation's A/C/G/T tokens (double). Tokens: io::tok codes (A C G T N).
+// `piece` bounds the tokens per forward call; `fed` (optional) is increased by the tokens run.
+std::vector<double> score_forks(const StreamModel& stream, std::span<const float> last,
+                                const std::vector<std::vector<uint8_t>>& continuations,
+                                int64_t piece = 16384, int64_t* fed = nullptr);
+
+// Resets `model`, runs BOS + prefix through it in pieces, then score_forks from there.
+std::vector<double> score_continuations(StreamModel& model, std::span<const uint8_t> prefix,
+                                        const std::vector<std::vector<uint8_t>>& continuations,
+                                        int64_t piece = 16384, int64_t* fed = nullptr);
 std::vector<double> score_continuations(MemMamba<float>& model, std::span<const uint8_t> prefix,
                                         const std::vector<std::vector<uint8_t>>& continuations,
                                         int64_t piece = 16384, int64_t* fed = nullptr);
@@ -58,18 +80,31 @@ struct LocalWindow {
 
 enum class VepStrand { fwd, both };
 
-// MM_LLR of every ALT of one window under the rule above.
+// MM_LLR of every ALT of one window under the rule above (the window computation); `model` is
+// reset and used as the window's stream.
+std::vector<double> score_window(StreamModel& model, const LocalWindow& w, VepStrand strand,
+                                 int64_t piece = 16384, int64_t* fed = nullptr);
 std::vector<double> score_window(MemMamba<float>& model, const LocalWindow& w, VepStrand strand,
                                  int64_t piece = 16384, int64_t* fed = nullptr);
+
+// The forward MM_LLR of every ALT of `w` from a stream that has run BOS + the upstream bases
+// (w.upstream is not read): the stream computation's step at one variant. `last` as in score_forks.
+std::vector<double> score_fork(const StreamModel& stream, std::span<const float> last, const LocalWindow& w,
+                               int64_t piece = 16384, int64_t* fed = nullptr);
+
+inline constexpr int64_t kUpstreamAll = -1;  // VepOptions::upstream: the whole contig prefix
+
+enum class VepMode { stream, window };
 
 struct VepOptions {
   std::string fasta;                 // indexed FASTA (plain or bgzip)
   std::string input = "-";           // VCF, VCF.gz, BCF or "-" (stdin)
   std::string output = "-";          // "-": stdout
   io::VcfFormat format = io::VcfFormat::from_name;
-  int64_t upstream = 1024;           // U, 0 .. 1 000 000
+  int64_t upstream = 1024;           // U, 0 .. 1 000 000, or kUpstreamAll
   int64_t downstream = 128;          // W, 0 .. 1 000 000
   VepStrand strand = VepStrand::fwd;
+  VepMode mode = VepMode::window;    // stream: needs upstream = kUpstreamAll and strand fwd
   bool strict = false;               // REF mismatch: error instead of a skip
   int64_t batch = 64;                // records scored in parallel between writes
   int64_t piece = 16384;             // tokens per forward call
@@ -82,10 +117,13 @@ struct VepStats {
   int64_t alts_skipped = 0;     // ALT-level and record-level skips, counted per ALT
   int64_t records_skipped = 0;  // record-level skips
   int64_t fed = 0;              // tokens through the model
+  int64_t contigs_streamed = 0; // stream mode: contig passes
 };
 
-// Runs the whole command. Throws mm::Error (bad input, naming file and line) / mm::UsageError;
-// a failed run leaves no output file (stdout is streamed as it goes).
-VepStats vep(MemMamba<float>& model, const VepOptions& o, const Reporter& rep);
+// Runs the whole command on `model` (its stream is reset and used; records run on forks of it,
+// in parallel when model.concurrent()). Throws mm::Error (bad input, naming file and line) /
+// mm::UsageError; a failed run leaves no output file (stdout is streamed as it goes).
+VepStats vep(StreamModel& model, const VepOptions& o, const Reporter& rep);
+VepStats vep(MemMamba<float>& model, const VepOptions& o, const Reporter& rep);  // on the CPU
 
 }  // namespace mm::pipelines

@@ -2,7 +2,10 @@
 // (SNV, MNV, insertion, deletion, multi-allelic, contig edges, N in the window, both strands),
 // skips, records and header lines kept in order, VCF.gz/BCF read back with bcftools, stdin, errors.
 #include <gtest/gtest.h>
+#include <htslib/vcf.h>
 #include <stdlib.h>
+
+#include <cstdio>
 
 #include <cmath>
 #include <map>
@@ -13,6 +16,7 @@
 
 #include "io/tokenizer.hpp"
 #include "model/checkpoint.hpp"
+#include "model/stream_model.hpp"
 #include "pipelines/score.hpp"
 #include "pipelines/vep.hpp"
 #include "support/fixtures.hpp"
@@ -405,4 +409,314 @@ TEST(Vep, Errors) {
   EXPECT_EQ(run_cli(base_args("--upstream 2000000") + "'" + input_vcf().string() + "'").exit_code, 2);
   EXPECT_EQ(run_cli(base_args("-O x") + "'" + input_vcf().string() + "'").exit_code, 2);
   EXPECT_EQ(run_cli("vep -q -m '" + f.model.string() + "' '" + input_vcf().string() + "'").exit_code, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stream computation (--upstream all): one pass per contig, forked at each variant.
+
+namespace {
+
+// A sorted VCF with every kind of record, variants at the contig edges and close together
+// (same position, adjacent, inside another's REF, across a memory-chunk boundary), N in the
+// window, and skipped records between scored ones.
+std::vector<Variant> sorted_variants() {
+  std::vector<Variant> v;
+  auto add = [&](const std::string& c, int64_t p, const std::string& id, int64_t lr, const std::string& alts) {
+    v.push_back({c, p, id, ref_at(c, p, lr), alts});
+  };
+  auto snv = [&](const std::string& c, int64_t p, const std::string& id) { add(c, p, id, 1, other(ref_at(c, p, 1)[0])); };
+  snv("chrA", 0, "s0");
+  add("chrA", 0, "i0", 1, ref_at("chrA", 0, 1) + "AC");
+  add("chrA", 1, "d1", 3, ref_at("chrA", 1, 1));
+  snv("chrA", 2, "s2");  // inside d1's REF
+  add("chrA", 17, "m17", 2, other(ref_at("chrA", 17, 1)[0]) + other(ref_at("chrA", 18, 1)[0]));
+  {
+    const std::string r = ref_at("chrA", 40, 3);
+    add("chrA", 40, "multi40", 3,
+        r.substr(0, 1) + "," + other(r[0]) + r.substr(1) + "," + r + "G," + r.substr(0, 1) + "T");
+  }
+  snv("chrA", 41, "c41");
+  snv("chrA", 42, "c42");
+  snv("chrA", 63, "s63");  // the last position of a memory chunk (C = 8)
+  snv("chrA", 64, "s64");  // the first of the next
+  add("chrA", 100, "cx", 2, other(ref_at("chrA", 100, 1)[0]) + "TTA");
+  snv("chrA", 148, "nwin");                        // N run [150, 155) in the downstream window
+  v.push_back({"chrA", 152, "nref", "N", "A"});    // REF N: skipped, no fork
+  v.push_back({"chrA", 160, "mm", other(ref_at("chrA", 160, 1)[0]), "A"});  // REF mismatch: skipped
+  add("chrA", 170, "sym", 1, "<DEL>");
+  add("chrA", 200, "bigdel", 10, ref_at("chrA", 200, 1));
+  add("chrA", 230, "mixed", 1, other(ref_at("chrA", 230, 1)[0]) + ",*");
+  snv("chrA", 290, "s290");
+  add("chrA", 295, "enddel", 5, ref_at("chrA", 295, 1));  // deletes to the contig end
+  snv("chrA", 299, "last");
+  add("chrA", 299, "lastins", 1, ref_at("chrA", 299, 1) + "GA");
+  v.push_back({"chrZ", 10, "unknown", "A", "C"});
+  snv("chrB", 0, "b0");
+  add("chrB", 20, "bdel", 2, ref_at("chrB", 20, 1));
+  snv("chrB", 39, "blast");
+  return v;
+}
+
+fs::path sorted_vcf() {
+  static fs::path p = [] {
+    fs::path p = fixture().dir / "sorted.vcf";
+    mmtest::write_text(p, vcf_text(sorted_variants()));
+    return p;
+  }();
+  return p;
+}
+
+struct Values {
+  std::vector<std::vector<float>> llr;  // per record, per ALT (NaN: missing); empty: no MM_LLR
+  std::vector<std::string> skip;        // per record: MM_SKIP or ""
+};
+
+// MM_LLR as stored (float32) and MM_SKIP of every record of a VCF/BCF, read with htslib.
+Values read_values(const fs::path& path) {
+  Values out;
+  htsFile* fp = hts_open(path.c_str(), "r");
+  if (!fp) throw std::runtime_error("cannot open " + path.string());
+  bcf_hdr_t* hdr = bcf_hdr_read(fp);
+  bcf1_t* rec = bcf_init();
+  float* f = nullptr;
+  int nf = 0;
+  char* str = nullptr;
+  int ns = 0;
+  while (bcf_read(fp, hdr, rec) == 0) {
+    bcf_unpack(rec, BCF_UN_INFO);
+    std::vector<float> v;
+    const int n = bcf_get_info_float(hdr, rec, "MM_LLR", &f, &nf);
+    for (int i = 0; i < n; ++i) v.push_back(bcf_float_is_missing(f[i]) ? NAN : f[i]);
+    out.llr.push_back(v);
+    out.skip.push_back(bcf_get_info_string(hdr, rec, "MM_SKIP", &str, &ns) > 0 ? std::string(str) : "");
+  }
+  free(f);
+  free(str);
+  bcf_destroy(rec);
+  bcf_hdr_destroy(hdr);
+  hts_close(fp);
+  return out;
+}
+
+// Runs the CLI to a BCF and reads it back.
+Values run_values(const std::string& args, const std::string& name, const fs::path& vcf = sorted_vcf()) {
+  const fs::path out = fixture().dir / (name + ".bcf");
+  auto r = run_cli(base_args(args) + "-o '" + out.string() + "' '" + vcf.string() + "'");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return read_values(out);
+}
+
+// Largest |a − b| over the values of two runs; fails when the records or skips differ.
+double max_difference(const Values& a, const Values& b, const std::string& what) {
+  double worst = 0;
+  EXPECT_EQ(a.llr.size(), b.llr.size()) << what;
+  EXPECT_EQ(a.skip, b.skip) << what;
+  for (size_t i = 0; i < std::min(a.llr.size(), b.llr.size()); ++i) {
+    EXPECT_EQ(a.llr[i].size(), b.llr[i].size()) << what << " record " << i;
+    for (size_t k = 0; k < std::min(a.llr[i].size(), b.llr[i].size()); ++k) {
+      EXPECT_EQ(std::isnan(a.llr[i][k]), std::isnan(b.llr[i][k])) << what << " record " << i;
+      if (!std::isnan(a.llr[i][k])) worst = std::max(worst, std::fabs(double(a.llr[i][k]) - double(b.llr[i][k])));
+    }
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST(VepStream, ForkContinuesLikeTheStreamItCopies) {
+  auto& f = fixture();
+  const auto tk = mmtest::random_tokens(150, 5);  // BOS + bases; 150 = 18 chunks of 8 + 6
+  const int V = f.cfg.vocab;
+  // One whole pass.
+  std::vector<float> whole(tk.size() * V);
+  f.net->forward(tk.data(), 1, static_cast<int64_t>(tk.size()), whole.data());
+  for (const int64_t cut : {1, 61, 67, 140}) {  // the fork points (mid-chunk and at a boundary)
+    mm::CpuStreamModel a(*f.net);
+    std::vector<float> logits(tk.size() * V);
+    a.forward(tk.data(), cut, logits.data());
+    const auto b = a.fork();
+    EXPECT_EQ(b->position(), cut);
+    if (cut > 60) {  // the copy is not trivial: notes in the pools, candidates of the open chunk
+      const auto& st = dynamic_cast<const mm::CpuStreamModel&>(*b).state();
+      EXPECT_GT(st.layers[0].pool[0].used(), 0) << cut;
+      if (cut % f.cfg.memory_chunk) EXPECT_GT(st.layers[0].cand[0].count(), 0) << cut;
+    }
+    // The original goes on with other tokens first: the fork must not share its state.
+    std::vector<int32_t> noise(20, mm::io::tok::G);
+    std::vector<float> scratch(noise.size() * V);
+    a.forward(noise.data(), static_cast<int64_t>(noise.size()), scratch.data());
+    const int64_t rest = static_cast<int64_t>(tk.size()) - cut;
+    std::vector<float> tail(static_cast<size_t>(rest * V));
+    b->forward(tk.data() + cut, rest, tail.data());
+    double worst = 0;
+    for (size_t i = 0; i < tail.size(); ++i) worst = std::max(worst, std::fabs(double(tail[i]) - whole[cut * V + i]));
+    EXPECT_LT(worst, 1e-4) << "fork at " << cut;
+  }
+}
+
+TEST(VepStream, EqualsTheWindowedComputation) {
+  // --upstream all streams each contig once (auto mode); --mode window runs one stream per
+  // record from the contig start; --upstream 1000000 is the plain windowed computation with a
+  // context longer than the contigs. All three are the same values within float rounding, and
+  // the documented rule computed from independent whole passes.
+  const auto vs = sorted_variants();
+  for (const int64_t W : {0, 7, 50, 400}) {
+    const std::string w = " --downstream " + std::to_string(W);
+    const Values stream = run_values("--upstream all" + w, "stream" + std::to_string(W));
+    const Values window_all = run_values("--upstream all --mode window" + w, "window_all" + std::to_string(W));
+    const Values window = run_values("--upstream 1000000" + w, "window" + std::to_string(W));
+    const double d1 = max_difference(stream, window_all, "W=" + std::to_string(W));
+    const double d2 = max_difference(stream, window, "W=" + std::to_string(W));
+    EXPECT_LT(d1, 1e-4) << "W=" << W;
+    EXPECT_LT(d2, 1e-4) << "W=" << W;
+    std::printf("W=%lld: stream vs window from the contig start %.3g, vs --upstream 1000000 %.3g (max |diff|)\n",
+                static_cast<long long>(W), d1, d2);
+    ASSERT_EQ(stream.llr.size(), vs.size());
+    int scored = 0;
+    for (size_t i = 0; i < vs.size(); ++i) {
+      const auto alts = split(vs[i].alts, ',');
+      for (size_t k = 0; k < stream.llr[i].size(); ++k) {
+        if (std::isnan(stream.llr[i][k])) continue;
+        const double want = expected_llr(vs[i].contig, vs[i].pos0, vs[i].ref, alts[k], 1000000, W);
+        EXPECT_NEAR(stream.llr[i][k], want, 1e-4 + 1e-6 * std::fabs(want)) << vs[i].id << " ALT " << k << " W=" << W;
+        ++scored;
+      }
+    }
+    EXPECT_EQ(scored, 24);  // every scored ALT checked
+    // The skips are those of the window path.
+    const std::map<std::string, std::string> skip = {{"nref", "n_context"}, {"mm", "ref_mismatch"}, {"sym", "symbolic"},
+                                                     {"mixed", ".,spanning_deletion"}, {"unknown", "contig_missing"}};
+    for (size_t i = 0; i < vs.size(); ++i)
+      EXPECT_EQ(stream.skip[i], skip.count(vs[i].id) ? skip.at(vs[i].id) : "") << vs[i].id;
+  }
+}
+
+TEST(VepStream, LibraryRunCostsTheContigPlusTheForks) {
+  // Through the library with tiny pieces (the contig's pass and every fork split in many forward
+  // calls): the same values, and the tokens through the model are BOS + the contig up to its
+  // last variant, plus each scored allele and its downstream window, nothing else.
+  auto& f = fixture();
+  const Values want = run_values("--upstream all --downstream 9", "lib_want");
+  mm::pipelines::VepOptions o;
+  o.fasta = f.fasta.string();
+  o.input = sorted_vcf().string();
+  o.output = (f.dir / "lib.bcf").string();
+  o.upstream = mm::pipelines::kUpstreamAll;
+  o.downstream = 9;
+  o.mode = mm::pipelines::VepMode::stream;
+  o.piece = 3;
+  o.batch = 5;
+  const auto st = mm::pipelines::vep(*f.net, o, mm::Reporter{});
+  EXPECT_LT(max_difference(read_values(f.dir / "lib.bcf"), want, "piece 3"), 1e-4);
+  EXPECT_EQ(st.contigs_streamed, 2);
+  int64_t fed = 0;
+  std::map<std::string, int64_t> last_pos;
+  const Values got = read_values(f.dir / "lib.bcf");
+  const auto vs = sorted_variants();
+  for (size_t i = 0; i < vs.size(); ++i) {
+    if (got.llr[i].empty()) continue;  // not scored: no fork
+    const auto& v = vs[i];
+    const int64_t L = static_cast<int64_t>(f.seq[v.contig].size()), lr = static_cast<int64_t>(v.ref.size());
+    const int64_t down = std::min<int64_t>(L, v.pos0 + lr + 9) - v.pos0 - lr;
+    last_pos[v.contig] = v.pos0;
+    const auto alts = split(v.alts, ',');
+    fed += lr + down;  // the REF continuation
+    for (size_t k = 0; k < alts.size(); ++k)
+      if (!std::isnan(got.llr[i][k])) fed += static_cast<int64_t>(alts[k].size()) + down;
+  }
+  for (const auto& [contig, p] : last_pos) fed += 1 + p;  // BOS + ref[0, last variant)
+  EXPECT_EQ(st.fed, fed);
+  EXPECT_EQ(st.alts_scored, 24);
+}
+
+TEST(VepStream, DeterministicWhateverTheThreadsAndBatch) {
+  const fs::path a = fixture().dir / "det_a.vcf", b = fixture().dir / "det_b.vcf";
+  auto ra = run_cli(base_args("--upstream all --downstream 12 -@ 1 --batch 1") + "-o '" + a.string() + "' '" + sorted_vcf().string() + "'");
+  auto rb = run_cli(base_args("--upstream all --downstream 12 -@ 2 --batch 64") + "-o '" + b.string() + "' '" + sorted_vcf().string() + "'");
+  ASSERT_EQ(ra.exit_code, 0) << ra.err;
+  ASSERT_EQ(rb.exit_code, 0) << rb.err;
+  EXPECT_EQ(shell_out("bcftools view -H '" + a.string() + "'"), shell_out("bcftools view -H '" + b.string() + "'"));
+}
+
+TEST(VepStream, UnsortedInputIsRefusedAndWindowModeTakesIt) {
+  const Fixture& f = fixture();
+  const fs::path out = f.dir / "unsorted_out.vcf";
+  // The first test VCF is not sorted (chrA 220 then chrA 0).
+  auto r = run_cli(base_args("--upstream all") + "-o '" + out.string() + "' '" + input_vcf().string() + "'");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("not sorted: chrA:1 comes after chrA:211"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(input_vcf().string() + ":"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("bcftools sort"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out));
+  // A contig that comes back after another one.
+  auto vs = sorted_variants();
+  vs.push_back({"chrA", 299, "again", ref_at("chrA", 299, 1), other(ref_at("chrA", 299, 1)[0])});
+  const fs::path back = f.dir / "contig_back.vcf";
+  mmtest::write_text(back, vcf_text(vs));
+  r = run_cli(base_args("--upstream all") + "-o '" + out.string() + "' '" + back.string() + "'");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("chrA:300 comes after records of other contigs"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out));
+  // --mode window scores the unsorted file, with the values of the stream on the sorted one.
+  const Values unsorted = run_values("--upstream all --mode window --downstream 11", "unsorted_window", back);
+  const Values sorted = run_values("--upstream all --downstream 11", "sorted_stream");
+  ASSERT_EQ(unsorted.llr.size(), sorted.llr.size() + 1);
+  ASSERT_EQ(unsorted.llr.back().size(), 1u);
+  size_t last = 0;  // "again" is "last" once more
+  while (vs[last].id != "last") ++last;
+  ASSERT_EQ(sorted.llr.at(last).size(), 1u);
+  EXPECT_NEAR(unsorted.llr.back()[0], sorted.llr[last][0], 1e-4);
+  Values head = unsorted;
+  head.llr.pop_back();
+  head.skip.pop_back();
+  EXPECT_LT(max_difference(head, sorted, "window on the unsorted file"), 1e-4);
+}
+
+TEST(VepStream, UsageAndBothStrands) {
+  const std::string in = "'" + sorted_vcf().string() + "'";
+  EXPECT_EQ(run_cli(base_args("--mode stream") + in).exit_code, 2);                      // needs --upstream all
+  EXPECT_EQ(run_cli(base_args("--mode stream --upstream 500") + in).exit_code, 2);
+  EXPECT_EQ(run_cli(base_args("--upstream all --strand both") + in).exit_code, 2);       // stream is forward only
+  EXPECT_EQ(run_cli(base_args("--upstream all --mode stream --strand both") + in).exit_code, 2);
+  EXPECT_EQ(run_cli(base_args("--mode fast") + in).exit_code, 2);
+  EXPECT_EQ(run_cli(base_args("--upstream some") + in).exit_code, 2);
+  // --mode stream, said explicitly, is the auto choice; the header records U=all.
+  const fs::path a = fixture().dir / "explicit.bcf";
+  auto r = run_cli(base_args("--upstream all --mode stream --downstream 5") + "-o '" + a.string() + "' " + in);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(shell_out("bcftools view -h '" + a.string() + "'").find("(U=all,W=5,strand=fwd)"), std::string::npos);
+  EXPECT_EQ(max_difference(read_values(a), run_values("--upstream all --downstream 5", "auto5"), "explicit"), 0.0);
+  // Both strands over the whole prefix run as windows.
+  const Values both = run_values("--upstream all --mode window --strand both --downstream 6", "both_all");
+  const auto vs = sorted_variants();
+  for (size_t i = 0; i < vs.size(); ++i)
+    if (vs[i].id == "s0" || vs[i].id == "d1" || vs[i].id == "cx" || vs[i].id == "last" || vs[i].id == "bdel")
+      EXPECT_NEAR(both.llr[i][0], expected_llr(vs[i].contig, vs[i].pos0, vs[i].ref, vs[i].alts, 1000000, 6, true), 1e-4)
+          << vs[i].id;
+}
+
+TEST(VepStream, CudaForkContinuesLikeTheStream) {
+  if (!mm::cuda_stream_model_available()) GTEST_SKIP() << "no CUDA backend or no GPU";
+  auto& f = fixture();
+  const auto g = mm::make_cuda_stream_model(f.cfg, f.net->params());
+  const auto tk = mmtest::random_tokens(150, 9);
+  const int V = f.cfg.vocab;
+  std::vector<float> whole(tk.size() * V);
+  g->forward(tk.data(), static_cast<int64_t>(tk.size()), whole.data());
+  g->reset();
+  std::vector<float> logits(tk.size() * V);
+  g->forward(tk.data(), 67, logits.data());
+  const auto b = g->fork();
+  EXPECT_EQ(b->position(), 67);
+  std::vector<int32_t> noise(20, mm::io::tok::G);
+  std::vector<float> scratch(noise.size() * V);
+  g->forward(noise.data(), static_cast<int64_t>(noise.size()), scratch.data());
+  std::vector<float> tail((tk.size() - 67) * V);
+  b->forward(tk.data() + 67, static_cast<int64_t>(tk.size()) - 67, tail.data());
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < tail.size(); ++i) {
+    worst = std::max(worst, std::fabs(double(tail[i]) - whole[67 * V + i]));
+    scale = std::max(scale, std::fabs(double(whole[67 * V + i])));
+  }
+  EXPECT_LT(worst, 2e-2 * std::max(1.0, scale));  // bf16 products: the pieces may round differently
 }
