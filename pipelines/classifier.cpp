@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <set>
@@ -261,8 +262,11 @@ std::vector<float> compute_features(MemMamba<float>* model, const FeatureSpec& s
   const int64_t D = model->config().d_model, F = spec.dim(int(D));
   std::vector<float> x(size_t(n * F), 0.0f);
   const auto groups = length_batches(examples, spec, run.batch_tokens, 0);
+  // Groups run in parallel (the matrix products inside one are single-threaded BLAS calls).
+  std::mutex mu;
   int64_t done = 0;
-  for (const auto& g : groups) {
+  tbb::parallel_for(size_t(0), groups.size(), size_t(1), [&](size_t gi) {
+    const auto& g = groups[gi];
     std::vector<const Example*> ex;
     for (size_t i : g) ex.push_back(&examples[i]);
     const auto rows = stream_rows(spec, ex);
@@ -275,9 +279,10 @@ std::vector<float> compute_features(MemMamba<float>* model, const FeatureSpec& s
       const auto llr = variant_llrs(*model, spec, ex, run.piece);
       for (size_t i = 0; i < g.size(); ++i) x[g[i] * size_t(F) + size_t(D)] = float(llr[i]);
     }
+    std::lock_guard<std::mutex> lock(mu);
     done += int64_t(g.size());
     rep.advance(double(done), double(n), "examples");
-  }
+  });
   return x;
 }
 
