@@ -18,6 +18,7 @@
 
 #include "io/error.hpp"
 #include "kernels/conv1d.hpp"
+#include "kernels/cuda/backward.hpp"
 #include "kernels/cuda/ops.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/embedding.hpp"
@@ -263,6 +264,84 @@ std::vector<Err> scan_case(Rng& rng, DType dt, int64_t B, int64_t T, int64_t E, 
   return {{"out", mmtest::rel_error(got, ref), tol_for(dt)}, {"h", mmtest::rel_error(dh.get(), h_ref), 1e-4}};
 }
 
+// ---- selective scan backward (+ the fused gate) ------------------------------------------------
+// CPU twin: y from cpu::scan_forward (zero state), dy and dz from cpu::gate_silu_backward, then
+// cpu::scan_backward. du, ddt, dz, dB and dC are written over NaN, and every column around them
+// (the rest of a strided row: x_proj's other columns, the other half of d[a; z]) must keep its
+// sentinel; dA_log and dD accumulate onto random previous values (compared as increments).
+std::vector<Err> scan_backward_case(Rng& rng, int64_t B, int64_t T, int64_t E, int64_t N,
+                                    bool big_dt, int64_t ld_du) {
+  const int64_t R = 16, ld_bc = R + 2 * N, ldz = 2 * E, ld_dz = 2 * E;
+  const int64_t M = B * T;
+  Vec u = rng.uniform(size_t(M * E), -1, 1), dtv = rng.uniform(size_t(M * E), -4, 1);
+  if (big_dt)
+    for (size_t i = 0; i < dtv.size(); i += 97) dtv[i] = 20.0f + 5.0f * float(i % 3) / 3.0f;
+  Vec A_log(size_t(E * N));
+  {
+    Vec r = rng.uniform(size_t(E * N), 0.5f, 16.0f);
+    for (size_t i = 0; i < r.size(); ++i) A_log[i] = std::log(r[i]);
+  }
+  Vec xp = rng.uniform(size_t(M * ld_bc), -1, 1), zz = rng.uniform(size_t(M * ldz), -2, 2);
+  Vec D = rng.uniform(size_t(E), 0.5f, 1.5f), dout = rng.uniform(size_t(M * E), -1, 1);
+  const Vec dA_prev = rng.uniform(size_t(E * N), -0.5f, 0.5f), dD_prev = rng.uniform(size_t(E), -0.5f, 0.5f);
+
+  // CPU twin.
+  Vec y(size_t(M * E)), h(size_t(B * E * N), 0.f);
+  mm::cpu::scan_forward<float>(y.data(), h.data(), u.data(), E, dtv.data(), A_log.data(),
+                               xp.data() + R, xp.data() + R + N, ld_bc, D.data(), B, T, E, N);
+  Vec dy(size_t(M * E), 0.f), dz_ref(size_t(M * E), 0.f);
+  mm::cpu::gate_silu_backward<float>(dy.data(), dz_ref.data(), E, dout.data(), y.data(), zz.data(), ldz, M, E);
+  Vec du_ref(size_t(M * E), 0.f), ddt_ref(size_t(M * E)), dxp_ref(size_t(M * ld_bc), 0.f);
+  Vec dA_ref = dA_prev, dD_ref = dD_prev;
+  mm::cpu::scan_backward<float>(du_ref.data(), E, ddt_ref.data(), dA_ref.data(), dxp_ref.data() + R,
+                                dxp_ref.data() + R + N, ld_bc, dD_ref.data(), dy.data(), u.data(), E,
+                                dtv.data(), A_log.data(), xp.data() + R, xp.data() + R + N, ld_bc,
+                                D.data(), B, T, E, N);
+
+  // Outputs: NaN in columns [c0, c0 + w) of each row, a sentinel elsewhere.
+  constexpr float kSentinel = 7.25f;
+  auto pattern = [&](int64_t ld, int64_t c0, int64_t w) {
+    Vec v(size_t(M * ld), kSentinel);
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t c = c0; c < c0 + w; ++c) v[size_t(r * ld + c)] = std::numeric_limits<float>::quiet_NaN();
+    return v;
+  };
+  auto changed = [&](const Vec& v, int64_t ld, int64_t c0, int64_t w) {
+    double n = 0;
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t c = 0; c < ld; ++c)
+        if ((c < c0 || c >= c0 + w) && v[size_t(r * ld + c)] != kSentinel) ++n;
+    return n;
+  };
+  Dev g_du(pattern(ld_du, 0, E)), g_ddt(pattern(E, 0, E)), g_dz(pattern(ld_dz, E, E));
+  Dev g_dxp(pattern(ld_bc, R, 2 * N)), g_dA(dA_prev), g_dD(dD_prev);
+  Dev d_dout(dout), d_u(u), d_dt(dtv), d_A(A_log), d_xp(xp), d_D(D), d_z(zz);
+  // dz goes to the second half of d[a; z] (row stride 2E), the z half of in_proj's output.
+  cu::scan_backward(g_du.p(), ld_du, g_ddt.p(), g_dz.p() + E, ld_dz, g_dxp.p() + R, g_dxp.p() + R + N,
+                    ld_bc, g_dA.p(), g_dD.p(), d_dout.p(), d_u.p(), d_dt.p(), d_A.p(), d_xp.p() + R,
+                    d_xp.p() + R + N, ld_bc, d_D.p(), d_z.p(), ldz, B, T, E, N);
+  cu::synchronize();
+  const Vec du = g_du.get(), ddt = g_ddt.get(), dz = g_dz.get(), dxp = g_dxp.get();
+  Vec dA = g_dA.get(), dD = g_dD.get();
+  for (size_t i = 0; i < dA.size(); ++i) dA[i] -= dA_prev[i], dA_ref[i] -= dA_prev[i];
+  for (size_t i = 0; i < dD.size(); ++i) dD[i] -= dD_prev[i], dD_ref[i] -= dD_prev[i];
+  auto slice = [&](const Vec& v, int64_t ld, int64_t c0, int64_t w) {
+    Vec r(size_t(M * w));
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < w; ++j) r[size_t(i * w + j)] = v[size_t(i * ld + c0 + j)];
+    return r;
+  };
+  return {{"du", mmtest::rel_error(cols(du, M, ld_du, E), du_ref), 1e-4},
+          {"ddt", mmtest::rel_error(ddt, ddt_ref), 1e-4},
+          {"dz", mmtest::rel_error(slice(dz, ld_dz, E, E), dz_ref), 1e-4},
+          {"dB", mmtest::rel_error(slice(dxp, ld_bc, R, N), slice(dxp_ref, ld_bc, R, N)), 1e-4},
+          {"dC", mmtest::rel_error(slice(dxp, ld_bc, R + N, N), slice(dxp_ref, ld_bc, R + N, N)), 1e-4},
+          {"dA_log", mmtest::rel_error(dA, dA_ref), 1e-4},
+          {"dD", mmtest::rel_error(dD, dD_ref), 1e-4},
+          // Entries outside the written columns that changed (must be none).
+          {"others", changed(du, ld_du, 0, E) + changed(dz, ld_dz, E, E) + changed(dxp, ld_bc, R, 2 * N), 0.5}};
+}
+
 // ---- embedding, gated residual ----------------------------------------------------------------
 std::vector<Err> embedding_case(Rng& rng, int64_t M, int64_t D, int64_t V) {
   Vec table = rng.uniform(size_t(V * D), -1, 1);
@@ -321,6 +400,18 @@ const bool registered = [] {
   t.push_back({"scan_f32_stream_B1_T5000_E512_N16_pieces_1234_3766", [](Rng& r) { return scan_case(r, DType::f32, 1, 5000, 512, 16, true, {1234, 3766}); }});
   t.push_back({"scan_f32_Small_stream_B2_T40_E20_N4_pieces_1_1_38", [](Rng& r) { return scan_case(r, DType::f32, 2, 40, 20, 4, true, {1, 1, 38}); }});
   t.push_back({"scan_bf16_stream_B2_T5000_E96_N16_pieces_2500_2500", [](Rng& r) { return scan_case(r, DType::bf16, 2, 5000, 96, 16, true, {2500, 2500}); }});
+  // scan backward: B, T, E, N, dt above the softplus threshold, ld_du.
+  t.push_back({"scan_backward_f32_Small_B2_T100_E48_N16", [](Rng& r) { return scan_backward_case(r, 2, 100, 48, 16, false, 48); }});
+  t.push_back({"scan_backward_f32_Small_B1_T37_E20_N4_ld_du25", [](Rng& r) { return scan_backward_case(r, 1, 37, 20, 4, false, 25); }});
+  t.push_back({"scan_backward_f32_Small_B2_T203_E40_N8", [](Rng& r) { return scan_backward_case(r, 2, 203, 40, 8, false, 40); }});
+  t.push_back({"scan_backward_f32_Small_B2_T300_E33_N32", [](Rng& r) { return scan_backward_case(r, 2, 300, 33, 32, false, 33); }});
+  t.push_back({"scan_backward_f32_B1_T5000_E64_N16", [](Rng& r) { return scan_backward_case(r, 1, 5000, 64, 16, false, 64); }});
+  t.push_back({"scan_backward_f32_B2_T3000_E256_N16_ld_du300", [](Rng& r) { return scan_backward_case(r, 2, 3000, 256, 16, false, 300); }});
+  t.push_back({"scan_backward_f32_B2_T5000_E130_N4_big_dt", [](Rng& r) { return scan_backward_case(r, 2, 5000, 130, 4, true, 130); }});
+  t.push_back({"scan_backward_f32_B1_T4000_E96_N16_big_dt", [](Rng& r) { return scan_backward_case(r, 1, 4000, 96, 16, true, 96); }});
+  t.push_back({"scan_backward_f32_B1_T3001_E72_N32_big_dt", [](Rng& r) { return scan_backward_case(r, 1, 3001, 72, 32, true, 72); }});
+  t.push_back({"scan_backward_f32_B1_T20000_E128_N16", [](Rng& r) { return scan_backward_case(r, 1, 20000, 128, 16, false, 128); }});
+  t.push_back({"scan_backward_f32_B3_T2500_E512_N16_big_dt", [](Rng& r) { return scan_backward_case(r, 3, 2500, 512, 16, true, 512); }});
   t.push_back({"embedding_Small_M100_D24_V8", [](Rng& r) { return embedding_case(r, 100, 24, 8); }});
   t.push_back({"embedding_M1000_D256_V8", [](Rng& r) { return embedding_case(r, 1000, 256, 8); }});
   t.push_back({"gated_residual_Small_M33_D100", [](Rng& r) { return gated_residual_case(r, 33, 100); }});
@@ -361,6 +452,8 @@ TEST(CudaOpsSmall, RefusesAndTracksMemory) {
   EXPECT_THROW(cu::scan_forward(p, DType::f32, p, p, p, p, p, p, 32, p, p, 8, 1, 4, 8, 12), mm::Error);
   EXPECT_THROW(cu::scan_forward(p, DType::f32, p, p, p, p, p, p, 8, p, p, 8, 1, 4, 8, 16), mm::Error);  // ld_bc < N
   EXPECT_THROW(cu::scan_forward(p, DType::f32, p, p, p, p, p, p, 32, p, p, 4, 1, 4, 8, 16), mm::Error);  // ldz < E
+  EXPECT_THROW(cu::scan_backward(p, 8, p, p, 8, p, p, 32, p, p, p, p, p, p, p, p, 32, p, p, 8, 1, 4, 8, 12), mm::Error);
+  EXPECT_THROW(cu::scan_backward(p, 4, p, p, 8, p, p, 32, p, p, p, p, p, p, p, p, 32, p, p, 8, 1, 4, 8, 16), mm::Error);  // ld_du < E
   EXPECT_THROW(cu::linear_forward(p, 4, p, 3, p, nullptr, 2, 4, 4, DType::f32, false), mm::Error);
   EXPECT_THROW(cu::linear_forward(p, 4, p, 4, p, nullptr, 0, 4, 4, DType::f32, false), mm::Error);
   EXPECT_THROW(cu::conv1d_silu_forward(p, DType::f32, nullptr, p, p, 8, p, p, 1, 4, 8, 9), mm::Error);
@@ -382,7 +475,8 @@ TEST(CudaOpsSmall, RefusesAndTracksMemory) {
   EXPECT_EQ(cu::peak_bytes(), before);
 }
 
-// Timings only (tests never assert on time): the scan at E=512, N=16, L=2^20, batch 1, and GEMMs.
+// Timings only (tests never assert on time): the scan at E=512, N=16, L=2^20, batch 1 (its backward
+// at 2^17 and 2^20 too), and GEMMs.
 TEST(CudaOps, SpeedReport) {
   if (!cu::available()) GTEST_SKIP() << no_device_message();
   std::printf("[ speed    ] device: %s\n", cu::device_name().c_str());
@@ -425,6 +519,49 @@ TEST(CudaOps, SpeedReport) {
       std::printf("[ speed    ] scan_forward E=512 N=16 L=2^20 B=1 out %-4s: %.3f ms, %.0f GB/s effective, "
                   "%.1f M tokens/s (mamba-ssm selective scan: 11.8 ms)\n",
                   dname(odt), ms, bytes / ms / 1e6, double(L) / ms / 1e3);
+    }
+    // The backward (fused gate) next to the fp32 forward, at L = 2^17 and 2^20 (prefixes of the
+    // same arrays).
+    cu::Buffer<float> dout(ME), du(ME), ddt(ME), dz(ME), dxp(size_t(L * ld_bc)), dA(size_t(E * N)),
+        dD(static_cast<size_t>(E));
+    fill(dout.data(), ME, -1, 1);
+    cu::fill_zero(dA.data(), size_t(E * N) * 4);
+    cu::fill_zero(dD.data(), size_t(E) * 4);
+    for (int lg : {17, 20}) {
+      const int64_t Ls = int64_t(1) << lg;
+      const double MEs = double(Ls) * E;
+      auto fwd = [&] {
+        cu::fill_zero(h.data(), size_t(E * N) * 4);
+        cu::scan_forward(out32.data(), DType::f32, h.data(), u.data(), dt.data(), A_log.data(),
+                         xp.data() + R, xp.data() + R + N, ld_bc, D.data(), z.data(), E, 1, Ls, E, N);
+      };
+      auto bwd = [&] {
+        cu::scan_backward(du.data(), E, ddt.data(), dz.data(), E, dxp.data() + R, dxp.data() + R + N,
+                          ld_bc, dA.data(), dD.data(), dout.data(), u.data(), dt.data(), A_log.data(),
+                          xp.data() + R, xp.data() + R + N, ld_bc, D.data(), z.data(), E, 1, Ls, E, N);
+      };
+      fwd();
+      cu::synchronize();
+      cu::reset_peak();
+      const size_t before = cu::peak_bytes();
+      bwd();  // grows the backward's scratch to this length
+      cu::synchronize();
+      const double scratch_gib = double(cu::peak_bytes() - before) / double(size_t(1) << 30);
+      cu::Timer tm;
+      const int reps = 5;
+      tm.start();
+      for (int i = 0; i < reps; ++i) fwd();
+      const double ms_f = tm.stop_ms() / reps;
+      tm.start();
+      for (int i = 0; i < reps; ++i) bwd();
+      const double ms_b = tm.stop_ms() / reps;
+      // Bytes of one pass: forward u, dt, z read, out written; backward dout, u, dt, z read and
+      // du, ddt, dz written; B, C read (and dB, dC written).
+      const double bytes_f = MEs * 4 * 4 + double(Ls) * 2 * N * 4;
+      const double bytes_b = MEs * 7 * 4 + double(Ls) * 4 * N * 4;
+      std::printf("[ speed    ] scan E=512 N=16 L=2^%d B=1 f32: forward %.3f ms (%.0f GB/s effective), "
+                  "backward %.3f ms (%.0f GB/s effective, %.2fx forward, scratch grew %.2f GiB)\n",
+                  lg, ms_f, bytes_f / ms_f / 1e6, ms_b, bytes_b / ms_b / 1e6, ms_b / ms_f, scratch_gib);
     }
   }
   for (auto [M, I, O] : {std::tuple<int64_t, int64_t, int64_t>{8192, 8192, 8192},
