@@ -35,8 +35,8 @@ std::string resolve_model_path(const std::string& given) {
     if (fs::is_regular_file(c, ec)) return c.string();
     tried += (tried.empty() ? "" : " or ") + c.string();
   }
-  throw UsageError("no model: give -m/--model FILE (there is no shipped pretrained model yet; "
-                   "MEMMAMBA_MODEL is unset and no model was found at " + tried + ")");
+  throw UsageError("no model: give -m/--model FILE (MEMMAMBA_MODEL is unset and the shipped model "
+                   "was not found at " + tried + ")");
 }
 
 }  // namespace mm::cli

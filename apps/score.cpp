@@ -134,6 +134,7 @@ int score_main(int argc, char** argv) {
     rep.say("device: " + dev);
     o.version = kVersion;
     o.command_line = command_line(argc, argv);
+    o.model = model_path;
 
     const auto t0 = std::chrono::steady_clock::now();
     const auto stats = pipelines::score(*stream, o, rep);

@@ -194,7 +194,8 @@ std::unique_ptr<Sink> bedgraph_sink(const ScoreOptions& o) {
       o, o.output,
       io::BedGraphOptions{true,
                           std::string("memmamba ") + value_name(o.value) + "\" description=\"" +
-                              sanitize("memmamba " + o.version + ": " + o.command_line),
+                              sanitize("memmamba " + o.version + ": " + o.command_line +
+                                       (o.model.empty() ? "" : " (model " + o.model + ")")),
                           true});
 }
 
@@ -204,7 +205,7 @@ public:
   explicit TsvSink(const ScoreOptions& o) : path_(o.output), value_(o.value) {
     if (path_ != "-") file_.emplace(path_);
     buf_ = "# memmamba " + o.version + "\n# command: " + sanitize(o.command_line) +
-           "\n# values: natural log, over the A/C/G/T prediction of each base from the bases "
+           (o.model.empty() ? "" : "\n# model: " + sanitize(o.model)) + "\n# values: natural log, over the A/C/G/T prediction of each base from the bases "
            "before it (strand " +
            std::string(o.strand == ScoreStrand::fwd ? "fwd" : o.strand == ScoreStrand::rev ? "rev" : "both: mean of fwd and rev") +
            "); '.' = no value (N)\n#chrom\tstart\tend\tbase";

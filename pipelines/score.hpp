@@ -70,6 +70,7 @@ struct ScoreOptions {
   int64_t context = 0;               // bases read before a region (after it on the reverse strand)
   int64_t piece = 16384;             // bases per forward call
   std::string version, command_line; // provenance written into the output header
+  std::string model;                 // the checkpoint used (provenance)
 };
 
 struct ScoreStats {

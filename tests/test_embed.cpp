@@ -292,7 +292,8 @@ TEST(Embed, Errors) {
   r = run_cli("embed -q -m '" + (f.dir / "nope.safetensors").string() + "' '" + f.fasta.string() + "'");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("nope.safetensors"), std::string::npos) << r.err;
-  // No -m, no MEMMAMBA_MODEL and (as long as none is shipped) no default model: usage error.
+  // No -m, no MEMMAMBA_MODEL and no shipped model: usage error (with the shipped model in
+  // sample_data/models this branch cannot run; test_score checks that the shipped one is used).
   const char* old = std::getenv("MEMMAMBA_MODEL");
   const std::string saved = old ? old : "";
   ::unsetenv("MEMMAMBA_MODEL");

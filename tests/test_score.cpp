@@ -529,6 +529,11 @@ TEST(Score, ModelFromTheEnvironmentOrAClearUsageError) {
     EXPECT_NE(r.err.find("MEMMAMBA_MODEL is unset"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("share/memmamba/models/default.safetensors"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("sample_data/models/default.safetensors"), std::string::npos) << r.err;
+  } else {
+    // The shipped model is the default: five values, from it (its path is in the track line).
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("default.safetensors"), std::string::npos) << r.out.substr(0, 300);
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 6) << r.out;
   }
   if (!saved.empty()) ::setenv("MEMMAMBA_MODEL", saved.c_str(), 1);
 }
