@@ -9,6 +9,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -47,13 +48,32 @@ std::string rebuild_hint(const std::string& path) {
   return "rebuild it with `samtools faidx " + path + "`";
 }
 
+bool writable_dir(const fs::path& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  return !ec && ::access(dir.c_str(), W_OK) == 0;
+}
+
 }  // namespace
+
+std::string index_cache_dir() {
+  auto env = [](const char* name) -> std::string {
+    const char* v = std::getenv(name);
+    return v && *v ? v : "";
+  };
+  if (auto v = env("MEMMAMBA_CACHE"); !v.empty()) return v;
+  if (auto v = env("XDG_CACHE_HOME"); !v.empty()) return (fs::path(v) / "memmamba").string();
+  if (auto home = env("HOME"); !home.empty() && writable_dir(fs::path(home) / ".cache" / "memmamba"))
+    return (fs::path(home) / ".cache" / "memmamba").string();
+  const std::string tmp = env("TMPDIR").empty() ? "/tmp" : env("TMPDIR");
+  return (fs::path(tmp) / ("memmamba-cache-" + std::to_string(::getuid()))).string();
+}
 
 // ---------------------------------------------------------------------------------------------
 // IndexedFasta
 
 IndexedFasta::IndexedFasta(std::string path, FastaOptions options)
-    : path_(std::move(path)), fai_path_(path_ + ".fai"), opt_(std::move(options)) {
+    : path_(std::move(path)), fai_path_(path_ + ".fai"), gzi_path_(path_ + ".gzi"), opt_(std::move(options)) {
   QuietHts quiet;
   if (!fs::is_regular_file(path_))
     throw Error(fs::exists(path_) ? "not a regular file" : "cannot open FASTA: no such file", path_);
@@ -71,8 +91,7 @@ IndexedFasta::IndexedFasta(std::string path, FastaOptions options)
   }
   ensure_index(compressed);
   read_fai(compressed);
-  const std::string gzi = path_ + ".gzi";
-  fai_ = fai_load3(path_.c_str(), fai_path_.c_str(), compressed ? gzi.c_str() : nullptr, 0);
+  fai_ = fai_load3(path_.c_str(), fai_path_.c_str(), compressed ? gzi_path_.c_str() : nullptr, 0);
   if (!fai_) throw Error("cannot load the FASTA index " + fai_path_ + ": " + rebuild_hint(path_), path_);
   if (faidx_nseq(fai_) != static_cast<int>(names_.size()))
     throw Error("htslib reads a different number of contigs from " + fai_path_ + ": " +
@@ -84,30 +103,63 @@ IndexedFasta::~IndexedFasta() {
 }
 
 void IndexedFasta::ensure_index(bool compressed) {
-  const std::string gzi = path_ + ".gzi";
-  const bool have = fs::exists(fai_path_) && (!compressed || fs::exists(gzi));
-  if (have) {
-    for (const std::string& idx : {fai_path_, compressed ? gzi : fai_path_})
+  auto have = [&](const std::string& fai, const std::string& gzi) {
+    return fs::exists(fai) && (!compressed || fs::exists(gzi));
+  };
+  auto check_fresh = [&](const std::string& fai, const std::string& gzi) {
+    for (const std::string& idx : {fai, compressed ? gzi : fai})
       if (newer(path_, idx))
         throw Error("index " + idx + " is older than the FASTA (stale): " + rebuild_hint(path_), path_);
-    return;
-  }
-  const std::string missing = fs::exists(fai_path_) ? gzi : fai_path_;
-  const fs::path dir = fs::absolute(path_).parent_path();
+  };
+  if (have(fai_path_, gzi_path_)) return check_fresh(fai_path_, gzi_path_);
+  const std::string missing = fs::exists(fai_path_) ? gzi_path_ : fai_path_;
   if (!opt_.build_index)
     throw Error("no index " + missing + ": create it with `samtools faidx " + path_ + "`", path_);
-  if (::access(dir.c_str(), W_OK) != 0)
-    throw Error("no index " + missing + " and its folder is not writable: run `samtools faidx "
-                "FILE` on a copy of the FASTA in a writable folder and use that copy", path_);
+  // A read-only folder (a system package's data, say): the index goes to the cache instead,
+  // under a name made of the FASTA's absolute path.
+  const fs::path dir = fs::absolute(path_).parent_path();
+  bool in_cache = false;
+  if (::access(dir.c_str(), W_OK) != 0) {
+    std::string key = fs::absolute(path_).lexically_normal().string();
+    for (char& c : key)
+      if (c == '/') c = '%';
+    const fs::path cache = fs::path(index_cache_dir()) / "faidx";
+    const std::string fai = (cache / (key + ".fai")).string(), gzi = (cache / (key + ".gzi")).string();
+    if (have(fai, gzi) && !newer(path_, fai) && (!compressed || !newer(path_, gzi))) {
+      fai_path_ = fai;
+      gzi_path_ = gzi;
+      return;
+    }
+    if (!writable_dir(cache))
+      throw Error("no index " + missing + ", its folder is not writable and neither is the index cache " +
+                      cache.string() + " (set MEMMAMBA_CACHE): run `samtools faidx FILE` on a copy of the "
+                      "FASTA in a writable folder and use that copy",
+                  path_);
+    fai_path_ = fai;
+    gzi_path_ = gzi;
+    in_cache = true;
+  }
   // faidx would keep the first of two records with one name and drop the other without an
   // error, so the names are checked by one streaming pass first (which also checks the bases).
   {
     FastaReader check(path_);
     while (check.next_record()) {}
   }
-  if (fai_build3(path_.c_str(), nullptr, nullptr) != 0)
+  // Built under temporary names and renamed, so a concurrent reader never sees half an index.
+  const std::string tmp_fai = fai_path_ + ".tmp" + std::to_string(::getpid()),
+                    tmp_gzi = gzi_path_ + ".tmp" + std::to_string(::getpid());
+  if (fai_build3(path_.c_str(), tmp_fai.c_str(), compressed ? tmp_gzi.c_str() : nullptr) != 0) {
+    std::error_code ec;
+    fs::remove(tmp_fai, ec);
+    fs::remove(tmp_gzi, ec);
     throw Error("cannot build the index " + missing + ": " + std::strerror(errno), path_);
-  opt_.reporter.say("built FASTA index for " + path_);
+  }
+  std::error_code ec;
+  if (compressed) fs::rename(tmp_gzi, gzi_path_, ec);
+  if (!ec) fs::rename(tmp_fai, fai_path_, ec);
+  if (ec) throw Error("cannot write the index " + fai_path_ + ": " + ec.message(), path_);
+  opt_.reporter.say(in_cache ? "built FASTA index for " + path_ + " in " + fai_path_ + " (its folder is not writable)"
+                             : "built FASTA index for " + path_);
 }
 
 void IndexedFasta::read_fai(bool compressed) {

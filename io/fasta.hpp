@@ -20,9 +20,15 @@ namespace mm::io {
 
 struct FastaOptions {
   bool allow_alias = true;  // chr20 <-> 20, chrM <-> MT
-  bool build_index = true;  // build a missing .fai (and .gzi) when the folder is writable
+  bool build_index = true;  // build a missing .fai (and .gzi): beside the FASTA when its folder
+                            // is writable, else in the index cache (index_cache_dir())
   Reporter reporter;        // notes: alias used, index built
 };
+
+// Where indexes of FASTA files in read-only folders are built and kept: $MEMMAMBA_CACHE, else
+// $XDG_CACHE_HOME/memmamba, else ~/.cache/memmamba, else $TMPDIR (or /tmp)/memmamba-cache-<uid>;
+// the files are <dir>/faidx/<the FASTA's absolute path, '/' as '%'>.fai and .gzi.
+std::string index_cache_dir();
 
 // Random access to a FASTA with a faidx index. The constructor checks the index before any
 // fetch: present (or built), not older than the FASTA, consistent with the file size, no
@@ -44,7 +50,7 @@ private:
   void ensure_index(bool compressed);
   void read_fai(bool compressed);
 
-  std::string path_, fai_path_;
+  std::string path_, fai_path_, gzi_path_;
   FastaOptions opt_;
   faidx_t* fai_ = nullptr;
   std::vector<std::string> names_;

@@ -177,27 +177,48 @@ TEST(IndexedFasta, MissingIndexWithBuildingOffSaysHow) {
 }
 
 TEST(IndexedFasta, MissingIndexInUnwritableFolder) {
+  // A FASTA in a read-only folder (a system package's data, say): the index is built in the
+  // index cache and used from there; with the cache unwritable too, a clear error.
   const fs::path dir = mmtest::scratch("fasta_readonly");
   const fs::path fa = dir / "a.fa";
-  mmtest::write_text(fa, ">a\nACGT\n");
+  mmtest::write_text(fa, ">a\nACGTAC\n>b\nGGT\n");
+  const fs::path cache = mmtest::scratch("fasta_readonly_cache");
+  fs::permissions(cache, fs::perms::all);  // nobody may write here
   fs::permissions(dir, fs::perms::owner_read | fs::perms::owner_exec | fs::perms::group_read |
                            fs::perms::group_exec | fs::perms::others_read | fs::perms::others_exec);
   // Root ignores folder permissions; then the check runs in a child that drops to nobody.
   const bool root = ::geteuid() == 0;
   const pid_t pid = root ? fork() : 0;
-  int outcome = 0;  // 0 expected error, 1 wrong outcome, 4 permissions not enforced
+  int outcome = 0;  // 0 as expected, 1 wrong outcome, 4 permissions not enforced
   if (pid == 0) {
     if (root && (setgid(65534) != 0 || setuid(65534) != 0)) _exit(4);
     if (::access(dir.c_str(), W_OK) == 0 || ::access(fa.c_str(), R_OK) != 0) {
       outcome = 4;
     } else {
       try {
-        IndexedFasta ref(fa.string());
+        ::setenv("MEMMAMBA_CACHE", cache.c_str(), 1);
+        {
+          IndexedFasta ref(fa.string());
+          if (ref.fetch("b", 0, 3) != "GGT" || ref.length("a") != 6) outcome = 1;
+        }
+        IndexedFasta again(fa.string());  // the cached index is found, not rebuilt
+        if (again.fetch("a", 2, 4) != "GT") outcome = 1;
+        std::string key = fs::absolute(fa).lexically_normal().string();
+        std::replace(key.begin(), key.end(), '/', '%');
+        if (!fs::exists(cache / "faidx" / (key + ".fai"))) outcome = 1;
+        // The cache unwritable as well: an error naming the file, the cache and the way out.
+        ::setenv("MEMMAMBA_CACHE", (dir / "cache").c_str(), 1);
+        try {
+          IndexedFasta nope(fa.string());
+          outcome = 1;
+        } catch (const mm::Error& e) {
+          const std::string m = e.message();
+          if (!(m.find(fa.string()) == 0 && m.find("not writable") != std::string::npos &&
+                m.find("MEMMAMBA_CACHE") != std::string::npos && m.find("samtools faidx") != std::string::npos))
+            outcome = 1;
+        }
+      } catch (const mm::Error&) {
         outcome = 1;
-      } catch (const mm::Error& e) {
-        const std::string m = e.message();
-        outcome = m.find(fa.string()) == 0 && m.find("not writable") != std::string::npos &&
-                          m.find("samtools faidx") != std::string::npos ? 0 : 1;
       }
     }
     if (root) _exit(outcome);
@@ -208,7 +229,8 @@ TEST(IndexedFasta, MissingIndexInUnwritableFolder) {
   }
   fs::permissions(dir, fs::perms::owner_all);
   if (outcome == 4) GTEST_SKIP() << "folder permissions are not enforced here (root without a user to drop to)";
-  EXPECT_EQ(outcome, 0) << "expected an error naming the file, 'not writable' and 'samtools faidx'";
+  EXPECT_EQ(outcome, 0) << "expected the index in the cache, and an error naming the file, 'not writable', "
+                           "MEMMAMBA_CACHE and 'samtools faidx' when the cache is unwritable too";
   EXPECT_FALSE(fs::exists(fa.string() + ".fai"));
 }
 
