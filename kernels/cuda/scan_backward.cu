@@ -34,7 +34,8 @@ namespace {
 constexpr int kThreads = 128;         // channels per block
 constexpr int kSub = 8;               // steps per sub-block: checkpoint interval, history length
 constexpr int kTile = 32;             // pass 1: steps of B/C staged in shared memory
-constexpr int kRow = kThreads + 1;    // padded row of the shared history (no bank conflicts)
+constexpr int kRow = kThreads + 4;    // padded row of the shared history: the reductions read
+                                      // rows as float4 without bank conflicts
 constexpr int64_t kMinChunk = 256;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -70,6 +71,12 @@ struct Args {
   float* cks;  // B×nsub×E: ΣΔ from the chunk's start to each sub-block's start
   float* sd;   // B×nchunks×E: ΣΔ over the chunk
 };
+
+// Component i (a constant once unrolled) of a float4: B_t and C_t are read from shared memory four
+// states per (broadcast) load.
+__device__ __forceinline__ float comp(const float4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
 
 template <int N>
 __device__ __forceinline__ void load_tile(float* __restrict__ s, const float* __restrict__ src,
@@ -138,15 +145,20 @@ __global__ void __launch_bounds__(kThreads, N <= 16 ? 4 : 2) scanb_pass1(Args a)
           const float delta = detail::softplus_f(dd[k]);
           const float x = delta * uu[k];
           const float dy = oo[k] * detail::silu_f(zz[k]);
-          const float* Bt = Bs + (g + k) * N;
-          const float* Ct = Cs + (g + k) * N;
+          const float4* B4 = reinterpret_cast<const float4*>(Bs + (g + k) * N);
+          const float4* C4 = reinterpret_cast<const float4*>(Cs + (g + k) * N);
           S += delta;
 #pragma unroll
-          for (int n = 0; n < N; ++n) {
-            const float ak = detail::ex2(delta * A2[n]);
-            h[n] = fmaf(ak, h[n], x * Bt[n]);
-            P[n] *= ak;
-            q[n] = fmaf(P[n], Ct[n] * dy, q[n]);
+          for (int n4 = 0; n4 < N / 4; ++n4) {
+            const float4 bq = B4[n4], cq = C4[n4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const int n = 4 * n4 + i;
+              const float ak = detail::ex2(delta * A2[n]);
+              h[n] = fmaf(ak, h[n], x * comp(bq, i));
+              P[n] *= ak;
+              q[n] = fmaf(P[n], comp(cq, i) * dy, q[n]);
+            }
           }
         }
       }
@@ -285,14 +297,19 @@ __global__ void __launch_bounds__(kThreads, N <= 16 ? 3 : 1) scanb_pass3(Args a)
           dlt[k] = detail::softplus_f(dd[k]);
           spg[k] = dd[k] > 20.0f ? 1.0f : detail::sigmoid_f(dd[k]);
           const float x = dlt[k] * uu[k];
-          const float* Bt = Bs + k * N;
-          const float* Ct = Cs + k * N;
+          const float4* B4 = reinterpret_cast<const float4*>(Bs + k * N);
+          const float4* C4 = reinterpret_cast<const float4*>(Cs + k * N);
           float acc = 0.f;
 #pragma unroll
-          for (int n = 0; n < N; ++n) {
-            h[n] = fmaf(detail::ex2(dlt[k] * A2[n]), h[n], x * Bt[n]);
-            hist[(k * N + n) * kRow + tid] = h[n];
-            acc = fmaf(h[n], Ct[n], acc);
+          for (int n4 = 0; n4 < N / 4; ++n4) {
+            const float4 bq = B4[n4], cq = C4[n4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const int n = 4 * n4 + i;
+              h[n] = fmaf(detail::ex2(dlt[k] * A2[n]), h[n], x * comp(bq, i));
+              hist[(k * N + n) * kRow + tid] = h[n];
+              acc = fmaf(h[n], comp(cq, i), acc);
+            }
           }
           const float y = fmaf(De, uu[k], acc);
           const float sz = detail::sigmoid_f(zz[k]);
@@ -305,12 +322,18 @@ __global__ void __launch_bounds__(kThreads, N <= 16 ? 3 : 1) scanb_pass3(Args a)
     __syncthreads();
     // dC_t[n] = Σ_e dy_t h_t[n].
     for (int p = tid; p < len * N; p += kThreads) {
-      const float* hr = hist + p * kRow;
-      const float* dr = dys + (p / N) * kRow;
-      float s = 0.f;
-#pragma unroll 8
-      for (int i = 0; i < kThreads; ++i) s = fmaf(dr[i], hr[i], s);
-      atomicAdd(a.dCm + (row0 + p / N) * a.ld_dbc + p % N, s);
+      const float4* hr = reinterpret_cast<const float4*>(hist + p * kRow);
+      const float4* dr = reinterpret_cast<const float4*>(dys + (p / N) * kRow);
+      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#pragma unroll 4
+      for (int i = 0; i < kThreads / 4; ++i) {
+        const float4 hv = hr[i], dv = dr[i];
+        s0 = fmaf(dv.x, hv.x, s0);
+        s1 = fmaf(dv.y, hv.y, s1);
+        s2 = fmaf(dv.z, hv.z, s2);
+        s3 = fmaf(dv.w, hv.w, s3);
+      }
+      atomicAdd(a.dCm + (row0 + p / N) * a.ld_dbc + p % N, (s0 + s1) + (s2 + s3));
     }
     __syncthreads();
     // Backwards over the sub-block: step k reads row k − 1 (h_{t−1}; the state before the
@@ -319,20 +342,25 @@ __global__ void __launch_bounds__(kThreads, N <= 16 ? 3 : 1) scanb_pass3(Args a)
     for (int k = kSub - 1; k >= 0; --k) {
       if (k < len) {
         const float x = dlt[k] * uu[k];
-        const float* Bt = Bs + k * N;
-        const float* Ct = Cs + k * N;
+        const float4* B4 = reinterpret_cast<const float4*>(Bs + k * N);
+        const float4* C4 = reinterpret_cast<const float4*>(Cs + k * N);
         float sa = 0.f, sB = 0.f;
 #pragma unroll
-        for (int n = 0; n < N; ++n) {
-          const float hp = k == 0 ? hprev0[n] : hist[((k - 1) * N + n) * kRow + tid];
-          const float ak = detail::ex2(dlt[k] * A2[n]);
-          const float g = fmaf(Ct[n], dyv[k], gcar[n]);
-          const float w = g * (ak * hp);  // g_t a_t h_{t−1}
-          dA[n] = fmaf(w, dlt[k], dA[n]);
-          sa = fmaf(w, A2[n], sa);
-          sB = fmaf(g, Bt[n], sB);
-          hist[(k * N + n) * kRow + tid] = g * x;
-          gcar[n] = ak * g;
+        for (int n4 = 0; n4 < N / 4; ++n4) {
+          const float4 bq = B4[n4], cq = C4[n4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int n = 4 * n4 + i;
+            const float hp = k == 0 ? hprev0[n] : hist[((k - 1) * N + n) * kRow + tid];
+            const float ak = detail::ex2(dlt[k] * A2[n]);
+            const float g = fmaf(comp(cq, i), dyv[k], gcar[n]);
+            const float w = g * (ak * hp);  // g_t a_t h_{t−1}
+            dA[n] = fmaf(w, dlt[k], dA[n]);
+            sa = fmaf(w, A2[n], sa);
+            sB = fmaf(g, comp(bq, i), sB);
+            hist[(k * N + n) * kRow + tid] = g * x;
+            gcar[n] = ak * g;
+          }
         }
         if (active) {
           const int64_t row = row0 + k;
@@ -345,11 +373,17 @@ __global__ void __launch_bounds__(kThreads, N <= 16 ? 3 : 1) scanb_pass3(Args a)
     __syncthreads();
     // dB_t[n] = Σ_e g_t[n] Δ_t u_t.
     for (int p = tid; p < len * N; p += kThreads) {
-      const float* hr = hist + p * kRow;
-      float s = 0.f;
-#pragma unroll 8
-      for (int i = 0; i < kThreads; ++i) s += hr[i];
-      atomicAdd(a.dBm + (row0 + p / N) * a.ld_dbc + p % N, s);
+      const float4* hr = reinterpret_cast<const float4*>(hist + p * kRow);
+      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+#pragma unroll 4
+      for (int i = 0; i < kThreads / 4; ++i) {
+        const float4 v = hr[i];
+        s0 += v.x;
+        s1 += v.y;
+        s2 += v.z;
+        s3 += v.w;
+      }
+      atomicAdd(a.dBm + (row0 + p / N) * a.ld_dbc + p % N, (s0 + s1) + (s2 + s3));
     }
   }
   if (!active) return;
