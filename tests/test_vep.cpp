@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "io/tokenizer.hpp"
+#include "memmamba/version.hpp"
 #include "model/checkpoint.hpp"
 #include "model/stream_model.hpp"
 #include "pipelines/score.hpp"
@@ -400,10 +401,20 @@ TEST(Vep, Errors) {
   r = run_cli("vep -q -m '" + f.model.string() + "' -f '" + (f.dir / "missing.fa").string() + "' '" + input_vcf().string() + "'");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find((f.dir / "missing.fa").string()), std::string::npos) << r.err;
-  // No model anywhere: usage error.
+  // No -m and no MEMMAMBA_MODEL: the shipped model when the checkout has one (the ##memmamba
+  // line names it), else a usage error.
   unsetenv("MEMMAMBA_MODEL");
-  r = run_cli("vep -q -f '" + f.fasta.string() + "' '" + input_vcf().string() + "'");
-  EXPECT_EQ(r.exit_code, 2) << r.err;
+  r = run_cli("vep -q -f '" + f.fasta.string() + "' --upstream 20 --downstream 5 '" + input_vcf().string() + "'");
+  if (fs::exists(fs::path(mm::kSourceDir) / "sample_data/models/default.safetensors")) {
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    const auto prov = r.out.find("##memmamba=");
+    ASSERT_NE(prov, std::string::npos);
+    const std::string line = r.out.substr(prov, r.out.find('\n', prov) - prov);
+    EXPECT_NE(line.find("models/default.safetensors"), std::string::npos) << line;
+    EXPECT_EQ(body(r.out).size(), variants().size());
+  } else {
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+  }
   // Bad usage.
   EXPECT_EQ(run_cli(base_args()).exit_code, 2);
   EXPECT_EQ(run_cli(base_args("--upstream 2000000") + "'" + input_vcf().string() + "'").exit_code, 2);
@@ -539,7 +550,9 @@ TEST(VepStream, ForkContinuesLikeTheStreamItCopies) {
     if (cut > 60) {  // the copy is not trivial: notes in the pools, candidates of the open chunk
       const auto& st = dynamic_cast<const mm::CpuStreamModel&>(*b).state();
       EXPECT_GT(st.layers[0].pool[0].used(), 0) << cut;
-      if (cut % f.cfg.memory_chunk) EXPECT_GT(st.layers[0].cand[0].count(), 0) << cut;
+      if (cut % f.cfg.memory_chunk) {
+        EXPECT_GT(st.layers[0].cand[0].count(), 0) << cut;
+      }
     }
     // The original goes on with other tokens first: the fork must not share its state.
     std::vector<int32_t> noise(20, mm::io::tok::G);
@@ -690,9 +703,10 @@ TEST(VepStream, UsageAndBothStrands) {
   const Values both = run_values("--upstream all --mode window --strand both --downstream 6", "both_all");
   const auto vs = sorted_variants();
   for (size_t i = 0; i < vs.size(); ++i)
-    if (vs[i].id == "s0" || vs[i].id == "d1" || vs[i].id == "cx" || vs[i].id == "last" || vs[i].id == "bdel")
+    if (vs[i].id == "s0" || vs[i].id == "d1" || vs[i].id == "cx" || vs[i].id == "last" || vs[i].id == "bdel") {
       EXPECT_NEAR(both.llr[i][0], expected_llr(vs[i].contig, vs[i].pos0, vs[i].ref, vs[i].alts, 1000000, 6, true), 1e-4)
           << vs[i].id;
+    }
 }
 
 TEST(VepStream, CudaForkContinuesLikeTheStream) {
