@@ -1,4 +1,6 @@
-// memmamba pretrain: argument parsing for pipelines/pretrain (CPU training).
+// memmamba pretrain: argument parsing for pipelines/pretrain (CPU or CUDA training), and the
+// data-parallel modes: --ranks N / --gpus N start N rank processes (pipelines/ranks.hpp); a process
+// whose environment names a rank (MEMMAMBA_MASTER_ADDR ...) trains as that rank.
 #include <tbb/global_control.h>
 
 #include <chrono>
@@ -11,8 +13,10 @@
 
 #include "apps/cli.hpp"
 #include "apps/commands.hpp"
+#include "model/collective.hpp"
 #include "model/cuda_training.hpp"
 #include "pipelines/pretrain.hpp"
+#include "pipelines/ranks.hpp"
 
 namespace mm::cli {
 
@@ -27,6 +31,20 @@ extern "C" void on_stop_signal(int sig) {
     return;
   }
   g_stop_signal = sig;
+}
+
+// The launcher passes every stop signal on to its ranks (the second one stops them at once).
+volatile std::sig_atomic_t g_launcher_signals = 0, g_launcher_last = 0;
+
+extern "C" void on_launcher_signal(int sig) {
+  g_launcher_last = sig;
+  g_launcher_signals = g_launcher_signals + 1;
+}
+
+int count_arg(const Args& a, const std::string& name) {
+  const long v = a.get_int(name);
+  if (v < 1 || v > 4096) throw UsageError("--" + name + " wants a number of ranks in 1..4096, got " + std::to_string(v));
+  return int(v);
 }
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -100,17 +118,69 @@ int pretrain_main(int argc, char** argv) {
              {0, "markov-smoothing", "NAME", "witten-bell or additive", "witten-bell"},
              {'@', "threads", "INT", "CPU threads (0: all cores)", "0"},
              {0, "device", "DEV", "auto, cpu or cuda (auto: cuda when built with it and a GPU is present)", "auto"},
+             {0, "ranks", "N", "data parallel: N processes split every step's --batch x --accumulate windows and sum their gradients (same results as one process); with --device cuda, rank r uses GPU r mod the GPUs visible", ""},
+             {0, "gpus", "N", "--device cuda --ranks N with one GPU per rank (N at most the GPUs visible)", ""},
+             {0, "transport", "NAME", "how the ranks sum gradients: auto (nccl for CUDA ranks when built with NCCL, else socket), nccl or socket", "auto"},
              {0, "quiet", "", "no notes on stderr", ""}});
   return run("pretrain", argc, argv, [&] {
     if (!args.parse(argc, argv)) {
-      std::cout << args.help();
+      std::cout << args.help() <<
+          "\nSeveral processes (data parallel): --ranks N or --gpus N starts N ranks on this host. To start\n"
+          "the ranks yourself (mpirun, srun, several hosts), run the same command once per rank with\n"
+          "MEMMAMBA_MASTER_ADDR=unix:PATH or HOST[:PORT] (rank 0 listens), MEMMAMBA_RANK (else\n"
+          "OMPI_COMM_WORLD_RANK or SLURM_PROCID), MEMMAMBA_WORLD_SIZE (else OMPI_COMM_WORLD_SIZE or\n"
+          "SLURM_NTASKS), MEMMAMBA_LOCAL_RANK (the GPU; else the launcher's local rank, else the rank),\n"
+          "MEMMAMBA_MASTER_PORT [29500] and MEMMAMBA_DIST_TIMEOUT [300 s]; inputs and the output\n"
+          "folder must be the same files on every host. Rank 0 writes checkpoints and metrics; --resume\n"
+          "works with any number of ranks.\n";
       return 0;
     }
     std::string dev = args.get("device");
     if (dev != "auto" && dev != "cpu" && dev != "cuda") throw UsageError("--device wants auto, cpu or cuda, got '" + dev + "'");
-    if (dev == "auto") dev = cuda_training_available() ? "cuda" : "cpu";
-    if (dev == "cuda" && !cuda_training_available())
-      throw UsageError("--device cuda: no CUDA device here, or this build has no CUDA backend");
+    const std::string transport = args.get("transport");
+    if (transport != "auto" && transport != "socket" && transport != "nccl")
+      throw UsageError("--transport wants auto, nccl or socket, got '" + transport + "'");
+    const bool gpus = args.has("gpus");
+    int ranks = 0;  // 0: one process, no ranks asked for
+    if (gpus) {
+      ranks = count_arg(args, "gpus");
+      if (args.has("ranks") && count_arg(args, "ranks") != ranks)
+        throw UsageError("--gpus " + std::to_string(ranks) + " and --ranks " + args.get("ranks") + " disagree");
+      if (dev == "cpu") throw UsageError("--gpus trains on GPUs: leave out --device cpu (or use --ranks)");
+      dev = "cuda";
+    } else if (args.has("ranks")) {
+      ranks = count_arg(args, "ranks");
+    }
+    const pipelines::RankEnvironment env = pipelines::rank_environment();
+    const bool launcher = ranks > 0 && !env.present;
+    if (env.present && ranks > 0 && ranks != env.size)
+      throw UsageError("--" + std::string(gpus ? "gpus " : "ranks ") + std::to_string(ranks) + " but this rank's environment says " +
+                       std::to_string(env.size) + " ranks (MEMMAMBA_WORLD_SIZE)");
+    if (transport == "nccl" && !nccl_available())
+      throw UsageError("--transport nccl: this build has no NCCL (configure with CUDA and NCCL)");
+    if (launcher || env.present) {
+      // CUDA ranks: each picks its GPU before anything creates a CUDA context (on GPU 0).
+      const int visible = cuda_device_count();
+      if (dev == "auto") dev = visible > 0 ? "cuda" : "cpu";
+      if (dev == "cuda" && visible == 0)
+        throw UsageError(std::string(gpus ? "--gpus" : "--device cuda") +
+                         ": no CUDA device here, or this build has no CUDA backend (--ranks N --device cpu trains on the CPU)");
+      if (gpus && ranks > visible)
+        throw UsageError("--gpus " + std::to_string(ranks) + ": only " + std::to_string(visible) +
+                         " CUDA device" + (visible == 1 ? "" : "s") + " visible (--ranks N --device cuda shares them)");
+      if (env.present && dev == "cuda") {
+        if (gpus && env.local_rank >= visible)
+          throw UsageError("rank " + std::to_string(env.rank) + " wants GPU " + std::to_string(env.local_rank) +
+                           " (MEMMAMBA_LOCAL_RANK) but " + std::to_string(visible) + " are visible");
+        cuda_use_device(env.local_rank % visible);
+      }
+      if (transport == "nccl" && dev != "cuda") throw UsageError("--transport nccl needs CUDA ranks (--gpus or --device cuda)");
+    }
+    if (!launcher) {  // (the launcher itself never touches the GPUs: its ranks do)
+      if (dev == "auto") dev = cuda_training_available() ? "cuda" : "cpu";
+      if (dev == "cuda" && !cuda_training_available())
+        throw UsageError("--device cuda: no CUDA device here, or this build has no CUDA backend");
+    }
 
     pipelines::PretrainOptions o;
     o.cuda = dev == "cuda";
@@ -212,8 +282,46 @@ int pretrain_main(int argc, char** argv) {
              (max_time > 0 && std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() >= max_time);
     };
 
-    const Reporter rep = stderr_reporter("pretrain", args.flag("quiet"));
-    auto r = pipelines::pretrain(o, rep);
+    // Ranks other than 0 keep quiet (their errors still print).
+    const Reporter rep = stderr_reporter("pretrain", args.flag("quiet") || (env.present && env.rank > 0));
+    if (launcher) {
+      pipelines::check_pretrain_options(o, ranks);  // usage errors once, before any rank starts
+      std::signal(SIGINT, on_launcher_signal);
+      std::signal(SIGTERM, on_launcher_signal);
+      pipelines::LaunchOptions lo;
+      lo.ranks = ranks;
+      // Each rank runs this command line; ranks other than 0 quietly (their errors still print).
+      lo.argv = [argc, argv](int r) {
+        std::vector<std::string> a{"memmamba", argv[0]};
+        if (r > 0) a.push_back("--quiet");
+        for (int i = 1; i < argc; ++i) a.push_back(argv[i]);
+        return a;
+      };
+      lo.signals = [] { return std::pair<int, int>(int(g_launcher_signals), int(g_launcher_last)); };
+      rep.say("starting " + std::to_string(ranks) + " ranks (" + dev + ")");
+      return pipelines::launch_ranks(lo, rep);
+    }
+    std::unique_ptr<Collective> collective;
+    pipelines::PretrainResult r;
+    try {
+      if (env.present) {
+        const bool nccl = transport == "nccl" || (transport == "auto" && dev == "cuda" && nccl_available());
+        collective = nccl ? make_nccl_collective(env.rendezvous) : make_socket_collective(env.rendezvous);
+        o.collective = collective.get();
+        if (const char* f = std::getenv("MEMMAMBA_TEST_FAIL_RANK")) {
+          long fr = -1, fs = 0;
+          if (std::sscanf(f, "%ld:%ld", &fr, &fs) != 2) throw UsageError("MEMMAMBA_TEST_FAIL_RANK wants RANK:STEP");
+          o.fail_rank = int(fr);
+          o.fail_step = fs;
+        }
+        rep.say("rank 0 of " + std::to_string(env.size) + " (" + dev + ", " + collective->transport() + " transport)");
+      }
+      r = pipelines::pretrain(o, rep);
+    } catch (const Error& e) {
+      if (env.present && env.rank > 0)  // say which rank
+        throw Error("rank " + std::to_string(env.rank) + ": " + e.what(), e.file(), e.line(), e.code());
+      throw;
+    }
     if (o.markov_only) {
       std::cout << "order\tbits_per_base\n";
       for (size_t k = 0; k < r.markov->by_order.size(); ++k)

@@ -14,6 +14,14 @@ namespace mm {
 
 bool cuda_training_available();
 
+// CUDA devices visible to this process (0 without a CUDA backend or without a GPU); asking creates
+// no context on any device.
+int cuda_device_count();
+// Makes `device` the current one for this process's CUDA work (one GPU per rank). Call it before
+// anything else touches CUDA (cuda_training_available() too), so that no context lands on GPU 0.
+// Throws mm::Error when there is no such device.
+void cuda_use_device(int device);
+
 // Uploads the model's parameters and runs the training pass on the GPU (fp32 activations, TF32
 // products), adding its gradients to model.grads().
 GradientPass<float> make_cuda_gradient_pass(const Config& cfg);

@@ -100,7 +100,8 @@ TokenSpans spans_of(const std::vector<Interval>& ivs) {
   return s;
 }
 
-void check_options(const PretrainOptions& o) {
+void check_options(const PretrainOptions& o, int ranks) {
+  if (ranks < 1) throw UsageError("the number of ranks must be at least 1, got " + std::to_string(ranks));
   if (o.batch < 1) throw UsageError("--batch must be at least 1");
   if (o.windows.length < 1 || o.windows.length > (int64_t(1) << 20))
     throw UsageError("--window must lie in 1..1048576 bases");
@@ -116,9 +117,26 @@ void check_options(const PretrainOptions& o) {
   if (o.stop_at < 0) throw UsageError("--stop-at must not be negative");
   if (o.markov_max_order < 0 || o.markov_max_order > MarkovModel::kMaxOrder)
     throw UsageError("--markov-max-order must lie in 0.." + std::to_string(MarkovModel::kMaxOrder));
+  if (ranks > 1 && o.markov_only) throw UsageError("--markov-only runs in one process: leave out --ranks/--gpus");
+  if (ranks > 1 && o.batch * o.train.accumulation < ranks)
+    throw UsageError("each of the " + std::to_string(ranks) + " ranks needs at least one window per step, but a step has " +
+                     std::to_string(o.batch * o.train.accumulation) + " (--batch " + std::to_string(o.batch) +
+                     " x --accumulate " + std::to_string(o.train.accumulation) + ")");
+}
+
+// Parameters and step count as one number, to check that every rank holds the same.
+uint64_t state_fingerprint(const std::vector<float>& params, int64_t step) {
+  return fingerprint(params.data(), params.size() * sizeof(float), fingerprint(&step, sizeof step));
 }
 
 }  // namespace
+
+void check_pretrain_options(const PretrainOptions& o, int ranks) { check_options(o, ranks); }
+
+std::pair<int64_t, int64_t> rank_windows(int64_t step_windows, int rank, int ranks) {
+  if (ranks < 1 || rank < 0 || rank >= ranks) throw Error("rank " + std::to_string(rank) + " of " + std::to_string(ranks));
+  return {step_windows * rank / ranks, step_windows * (rank + 1) / ranks};
+}
 
 fs::path state_path(const fs::path& checkpoint) {
   fs::path p = checkpoint;
@@ -147,7 +165,10 @@ fs::path find_resume_checkpoint(const fs::path& file_or_dir) {
 }
 
 PretrainResult pretrain(const PretrainOptions& o, const Reporter& rep) {
-  check_options(o);
+  Collective* const coll = o.collective;
+  const int rank = coll ? coll->rank() : 0, ranks = coll ? coll->size() : 1;
+  const bool lead = rank == 0;  // writes checkpoints, cards and metrics; validates
+  check_options(o, ranks);
   PretrainResult res;
 
   // Resume: find the checkpoint first, so that a bad one fails before the data is read.
@@ -165,6 +186,8 @@ PretrainResult pretrain(const PretrainOptions& o, const Reporter& rep) {
   fs::path out = o.output.empty() ? (resume_ck.empty() ? fs::path() : resume_ck.parent_path()) : o.output;
   if (!o.markov_only) {
     if (out.empty()) throw UsageError("give the checkpoint folder with -o/--output");
+  }
+  if (!o.markov_only && lead) {
     std::error_code ec;
     fs::create_directories(out, ec);
     if (ec) throw Error("cannot create the output folder: " + ec.message(), out.string());
@@ -177,7 +200,7 @@ PretrainResult pretrain(const PretrainOptions& o, const Reporter& rep) {
   // The Markov reference (reused from the checkpoint on resume).
   if (resumed && resumed->metadata.count("memmamba.markov")) {
     res.markov = MarkovResult::from_json(resumed->metadata.at("memmamba.markov"));
-  } else if ((o.markov || o.markov_only) && data.valid_bases > 0) {
+  } else if ((o.markov || o.markov_only) && data.valid_bases > 0 && lead) {
     res.markov = select_markov(spans_of(data.train), spans_of(data.valid), o.markov_max_order, o.markov_smoothing);
   }
   if (res.markov) {
@@ -186,7 +209,7 @@ PretrainResult pretrain(const PretrainOptions& o, const Reporter& rep) {
       by += (k ? ", " : "") + std::to_string(k) + ":" + fixed(res.markov->by_order[k], 4);
     rep.say("Markov reference: order " + std::to_string(res.markov->order) + ", " +
             fixed(res.markov->bits_per_base, 4) + " bits/base on the validation data (by order " + by + ")");
-  } else if (data.valid_bases == 0) {
+  } else if (data.valid_bases == 0 && lead) {
     rep.say("no validation data (--valid-regions, --valid-region, --valid-contigs): no Markov reference, no valid_bits_per_base");
   }
   if (o.markov_only) {
@@ -197,7 +220,8 @@ PretrainResult pretrain(const PretrainOptions& o, const Reporter& rep) {
   WindowSpec ws = o.windows;
   WindowSampler sampler(data.train, ws);
   auto valid = validation_windows(data.valid, ws.length, ws.max_n_fraction, o.valid_windows);
-  if (data.valid_bases > 0 && valid.empty())
+  if (!lead) valid.clear();  // rank 0 alone validates
+  else if (data.valid_bases > 0 && valid.empty())
     rep.say("every validation window has more N than --max-n allows: no valid_bits_per_base");
 
   MemMamba<float> model = resumed ? MemMamba<float>(resumed->config, resumed->params)
@@ -208,7 +232,47 @@ PretrainResult pretrain(const PretrainOptions& o, const Reporter& rep) {
     pass = make_cuda_gradient_pass(model.config());
     gpu_forward = make_cuda_sequence_forward(model.config());
   }
-  Trainer<float> trainer(model, o.train, pass);
+  // One Trainer step = one optimizer step: its gradient pass runs this rank's share of the step's
+  // windows as micro-batches, then sums gradients and losses across the ranks.
+  const int64_t B = o.batch, L = ws.length, acc = o.train.accumulation;
+  int64_t step = 0;  // the step being computed (set in the loop below)
+  auto micro_batch = [&](int64_t first, int64_t count) {
+    Batch b;
+    b.B = count;
+    b.T = L + 1;
+    b.tokens.reserve(size_t(count * (L + 1)));
+    for (int64_t i = 0; i < count; ++i) {
+      const uint64_t index = uint64_t((step - 1) * acc * B + first + i);
+      SampledWindow w = sampler.sample(index);
+      b.tokens.push_back(io::tok::BOS);
+      for (uint8_t t : w.tokens) b.tokens.push_back(t);
+    }
+    b.targets = MemMamba<float>::next_token_targets(b.tokens.data(), count, L + 1);
+    return b;
+  };
+  GradientPass<float> step_pass = [&, pass](MemMamba<float>& m, const Batch&, int64_t* counted) {
+    const auto [lo, hi] = rank_windows(acc * B, rank, ranks);
+    double loss = 0;
+    int64_t n = 0;
+    for (int64_t first = lo; first < hi; first += B) {
+      const Batch b = micro_batch(first, std::min(B, hi - first));
+      int64_t c = 0;
+      loss += pass ? pass(m, b, &c) : m.forward_backward(b.tokens.data(), b.targets.data(), b.B, b.T, 1.0, &c);
+      n += c;
+    }
+    if (ranks > 1) {
+      coll->all_reduce_sum(m.grads().data(), m.grads().size());
+      double sums[2] = {loss, double(n)};
+      coll->all_reduce_sum(sums, 2);
+      loss = sums[0];
+      n = int64_t(sums[1]);
+    }
+    *counted = n;
+    return loss;
+  };
+  TrainConfig one_pass = o.train;
+  one_pass.accumulation = 1;  // the micro-batches are step_pass's
+  Trainer<float> trainer(model, one_pass, step_pass);
   int64_t tokens_seen = 0;
   if (resumed) {
     auto meta = trainer.load_state(state_path(resume_ck));
@@ -225,14 +289,18 @@ PretrainResult pretrain(const PretrainOptions& o, const Reporter& rep) {
   }
 
   const fs::path metrics_path = o.metrics.empty() ? out / "metrics.jsonl" : o.metrics;
-  std::ofstream metrics(metrics_path, std::ios::app);
-  if (!metrics) throw Error("cannot open the metrics file for writing", metrics_path.string());
+  std::ofstream metrics;
+  if (lead) {
+    metrics.open(metrics_path, std::ios::app);
+    if (!metrics) throw Error("cannot open the metrics file for writing", metrics_path.string());
+  }
 
   nlohmann::json training = {{"lr", o.train.lr}, {"warmup", o.train.warmup_steps}, {"steps", o.train.total_steps},
                              {"weight_decay", o.train.weight_decay}, {"clip", o.train.clip},
                              {"accumulate", o.train.accumulation}, {"batch", o.batch}, {"window", ws.length},
                              {"stride", ws.stride}, {"rc_prob", ws.rc_prob}, {"max_n", ws.max_n_fraction},
-                             {"seed", ws.seed}, {"device", o.cuda ? "cuda" : "cpu"}};
+                             {"seed", ws.seed}, {"device", o.cuda ? "cuda" : "cpu"}, {"ranks", ranks}};
+  if (ranks > 1) training["transport"] = coll->transport();
   nlohmann::json data_json = {{"inputs", o.data.inputs}, {"regions", o.data.regions_bed},
                               {"exclude", o.data.exclude_bed}, {"valid_regions_bed", o.data.valid_bed},
                               {"valid_regions", o.data.valid_regions}, {"valid_contigs", o.data.valid_contigs},
@@ -243,8 +311,24 @@ PretrainResult pretrain(const PretrainOptions& o, const Reporter& rep) {
 
   int64_t last_saved = trainer.steps_done();
   double last_valid = -1;
+  if (ranks > 1) {
+    // Every rank must run the same job from the same state (same data, options and checkpoint).
+    const std::string setup = training.dump() + model.config().to_json() + data.summary;
+    check_same_on_all_ranks(*coll, fingerprint(setup.data(), setup.size()),
+                            "the run's settings (data, model config, window, batch, schedule)");
+    check_same_on_all_ranks(*coll, state_fingerprint(model.params(), trainer.steps_done()),
+                            "the starting parameters and step (is the same checkpoint readable on every host?)");
+  }
+
   auto save = [&](int64_t step) {
     const fs::path ck = checkpoint_name(out, step);
+    if (ranks > 1)
+      check_same_on_all_ranks(*coll, state_fingerprint(model.params(), step), "the parameters at step " + std::to_string(step));
+    if (!lead) {  // rank 0 writes
+      last_saved = step;
+      res.last_checkpoint = ck;
+      return;
+    }
     Checkpoint c;
     c.config = model.config();
     c.params = model.params();
@@ -302,31 +386,29 @@ PretrainResult pretrain(const PretrainOptions& o, const Reporter& rep) {
   const int64_t total = o.train.total_steps;
   const int64_t end = o.stop_at > 0 ? std::min(o.stop_at, total) : total;
   if (trainer.steps_done() >= end) rep.say("already at step " + std::to_string(trainer.steps_done()) + ": nothing to do");
-  const int64_t B = o.batch, L = ws.length, acc = o.train.accumulation;
   while (trainer.steps_done() < end) {
-    if (o.should_stop && o.should_stop()) {
+    bool stop = o.should_stop && o.should_stop();
+    if (ranks > 1) {  // a stop asked of any rank stops them all after the same step
+      double s = stop ? 1.0 : 0.0;
+      coll->all_reduce_sum(&s, 1);
+      stop = s > 0;
+    }
+    if (stop) {
       res.interrupted = true;
       break;
     }
-    const int64_t step = trainer.steps_done() + 1;
+    step = trainer.steps_done() + 1;
+    if (o.fail_rank == rank && o.fail_step == step)
+      throw Error("failing before step " + std::to_string(step) + " as MEMMAMBA_TEST_FAIL_RANK asks");
     if (o.poison_step == step) model.params()[0] = std::numeric_limits<float>::quiet_NaN();
     const auto t0 = std::chrono::steady_clock::now();
     StepResult r;
     try {
-      r = trainer.step([&](int64_t micro) {
-        Batch b;
-        b.B = B;
-        b.T = L + 1;
-        b.tokens.reserve(size_t(B * (L + 1)));
-        for (int64_t i = 0; i < B; ++i) {
-          const uint64_t index = uint64_t(((step - 1) * acc + micro) * B + i);
-          SampledWindow w = sampler.sample(index);
-          b.tokens.push_back(io::tok::BOS);
-          for (uint8_t t : w.tokens) b.tokens.push_back(t);
-        }
-        b.targets = MemMamba<float>::next_token_targets(b.tokens.data(), B, L + 1);
-        return b;
-      });
+      // The batch is step_pass's to make (this rank's share of the step's windows).
+      r = trainer.step([](int64_t) { return Batch{}; });
+    } catch (const CollectiveError& e) {
+      throw CollectiveError(std::string(e.what()) + (res.last_checkpoint.empty() ? std::string(" (no checkpoint was written)")
+                                                     : " (the last good checkpoint is " + res.last_checkpoint.string() + ")"));
     } catch (const Error& e) {
       throw Error(std::string(e.what()) + "; stopped. " +
                   (res.last_checkpoint.empty() ? std::string("No checkpoint was written")
@@ -344,8 +426,10 @@ PretrainResult pretrain(const PretrainOptions& o, const Reporter& rep) {
       res.valid_bits_per_base = last_valid;
       line += ",\"valid_bits_per_base\":" + fmt_double(last_valid);
     }
-    metrics << line << "}\n" << std::flush;
-    if (!metrics) throw Error("cannot write the metrics file (disk full?)", metrics_path.string());
+    if (lead) {
+      metrics << line << "}\n" << std::flush;
+      if (!metrics) throw Error("cannot write the metrics file (disk full?)", metrics_path.string());
+    }
     rep.advance(double(step), double(total), "steps");
     if (step % o.save_every == 0 || step == end) save(step);
   }

@@ -6,13 +6,24 @@
 // step-<N>.state.safetensors (AdamW moments, step count, data cursor) and step-<N>.md (model card).
 // Each training sample is BOS followed by one window of `window` bases; window i of the run is a
 // pure function of (seed, i), so the data cursor is the step count.
+//
+// Data parallelism: with a Collective of N ranks (one process each, see pipelines/ranks.hpp),
+// every optimizer step still covers the same batch × accumulate windows; rank r computes the
+// gradients of its contiguous share of them (rank_windows), in micro-batches of at most `batch`
+// windows, the gradients and losses are summed across ranks, and every rank applies the same
+// AdamW step. Rank 0 alone computes the Markov reference, validates and writes checkpoints,
+// cards and metrics. The checkpoint, optimizer state and data cursor do not depend on N, so a
+// run resumes with any number of ranks; results equal the one-process run up to the order of
+// floating-point summation.
 #pragma once
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 
+#include "model/collective.hpp"
 #include "model/config.hpp"
 #include "model/trainer.hpp"
 #include "pipelines/markov.hpp"
@@ -41,6 +52,12 @@ struct PretrainOptions {
   // Test hook (the app reads MEMMAMBA_TEST_POISON_STEP): sets a parameter to NaN before this
   // step, so that the step's loss is not finite.
   int64_t poison_step = 0;
+  // The ranks this process trains with (not owned); null: this process alone.
+  Collective* collective = nullptr;
+  // Test hook (the app reads MEMMAMBA_TEST_FAIL_RANK=R:S): rank R throws mm::Error before step S,
+  // as a rank that fails mid-run.
+  int fail_rank = -1;
+  int64_t fail_step = 0;
 };
 
 struct PretrainResult {
@@ -52,6 +69,15 @@ struct PretrainResult {
 };
 
 PretrainResult pretrain(const PretrainOptions& options, const Reporter& reporter);
+
+// The option checks pretrain() starts with, for a launcher to run before it starts `ranks`
+// processes: throws UsageError (bad values; fewer windows per step than ranks).
+void check_pretrain_options(const PretrainOptions& options, int ranks = 1);
+
+// Rank `rank` of `ranks` computes the step's windows [first, last) (offsets within the step's
+// batch × accumulate windows; window offset j of step s has index (s−1)·batch·accumulate + j):
+// contiguous shares in rank order whose sizes differ by at most one.
+std::pair<int64_t, int64_t> rank_windows(int64_t step_windows, int rank, int ranks);
 
 // The checkpoint to resume from: a file as given, or a folder's highest step-N.safetensors that
 // has its state file. Throws mm::Error when there is none.
