@@ -73,7 +73,8 @@ struct MemMambaCuda::Impl {
   // Work buffers, grown on demand and reused by every layer.
   Buffer<int32_t> tokens, seg_t0, seg_t1;
   Buffer<uint8_t> seg_closes;
-  Buffer<float> x, s, mq, g, c_out, kv_tmp, xz, a32, xdbl, dtv, logits;
+  Buffer<float> x, s, mq, g, g_cross, c_out, xz, a32, xdbl, dtv, logits;
+  cuda::SideStream side;  // the pool walk overlaps other work
   Buffer<uint16_t> v, o, u, a, yg;  // bf16 or fp32 (as raw bytes: sized in floats when f32)
   Buffer<int32_t> pool_rows, cand_rows, cand_t, cand_n;
   Buffer<float> cand_s;
@@ -259,43 +260,52 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
         I.cand_s.reserve(size_t(segs.count * B * K));
         I.cand_t.reserve(size_t(segs.count * B * K));
         I.cand_n.reserve(size_t(segs.count * B));
+        // The pool's walk is sequential (one warp per sequence): it runs on the side stream while
+        // the default stream computes what does not depend on it (the own read's slot keys and
+        // values, both reads' gate products).
+        I.side.fork();
         cuda::pool_evolve(snap.data(), {st.pos.data(), st.prio.data(), st.used.data(), st.cand_pos.data(),
                                         st.cand_score.data(), st.cand_count.data()},
                           I.pool_rows.data(), I.cand_rows.data(), I.s.data(), pos0, segs, B, Tp, K, float(c.tau1),
-                          {I.cand_s.data(), I.cand_t.data(), I.cand_n.data()});
-        cuda::gather_rows(st.pool_values.data(), next.data(), I.pool_rows.data(), B * K, S);
-        cuda::gather_rows(st.cand_values.data(), next.data(), I.cand_rows.data(), B * K, S);
-        tick("notes: pool evolution");
+                          {I.cand_s.data(), I.cand_t.data(), I.cand_n.data()}, I.side.handle());
+        cuda::gather_rows(st.pool_values.data(), next.data(), I.pool_rows.data(), B * K, S, I.side.handle());
+        cuda::gather_rows(st.cand_values.data(), next.data(), I.cand_rows.data(), B * K, S, I.side.handle());
 
         // Reads: own pool, then (every p-th layer) the union of the window's pools.
-        auto read = [&](const LayerIndex::Read& rx, const float* q, int first) {
-          std::vector<cuda::ReadSource> src;
-          for (int sl = first; sl <= l; ++sl) {
-            const int w = sl % window;
-            Buffer<float>& kv = I.kv[size_t(w)];
-            kv.reserve(size_t(ext_rows * 2 * S));
-            cuda::linear_forward(kv.data(), 2 * S, I.n_ext[size_t(w)].data(), S, I.f(rx.k), nullptr, ext_rows, S,
-                                 2 * S, I.f32_products(), false);
-            src.push_back({kv.data(), I.snap[size_t(w)].data()});
-          }
-          tick("notes: slot key/value products");
+        auto slot_kv = [&](const LayerIndex::Read& rx, int sl) {
+          Buffer<float>& kv = I.kv[size_t(sl % window)];
+          kv.reserve(size_t(ext_rows * 2 * S));
+          cuda::linear_forward(kv.data(), 2 * S, I.n_ext[size_t(sl % window)].data(), S, I.f(rx.k), nullptr, ext_rows, S,
+                               2 * S, I.f32_products(), false);
+          return cuda::ReadSource{kv.data(), I.snap[size_t(sl % window)].data()};
+        };
+        auto gate = [&](const LayerIndex::Read& rx, Buffer<float>& g) {
+          g.reserve(size_t(M * D));
+          cuda::linear_forward(g.data(), D, v, D, I.w(rx.gate_w), I.f(rx.gate_b), M, D, D, I.dt, false);
+        };
+        auto finish = [&](const LayerIndex::Read& rx, const std::vector<cuda::ReadSource>& src, const float* q,
+                          Buffer<float>& g) {
           void* o = I.act(I.o, size_t(M * S));
           cuda::pool_read_forward(o, I.dt, q, qcols, src.data(), int(src.size()), segs, B, Tp, K, H, dh);
           tick("notes: pool attention");
           I.c_out.reserve(size_t(M * D));
           cuda::linear_forward(I.c_out.data(), D, o, S, I.w(rx.o), nullptr, M, S, D, I.dt, false);
-          I.g.reserve(size_t(M * D));
-          cuda::linear_forward(I.g.data(), D, v, D, I.w(rx.gate_w), I.f(rx.gate_b), M, D, D, I.dt, false);
-          tick("notes: output and gate products");
-        };
-        // Both reads use the same v, so the first fusion can land before the second read runs.
-        read(li.read, I.mq.data() + S, l);
-        cuda::gated_residual_forward(I.x.data(), I.g.data(), I.c_out.data(), M, D);
-        tick("notes: gated residual");
-        if (cross) {
-          read(li.cross, I.mq.data() + 2 * S, l - c.cross_layer_period + 1);
-          cuda::gated_residual_forward(I.x.data(), I.g.data(), I.c_out.data(), M, D);
+          tick("notes: output products");
+          cuda::gated_residual_forward(I.x.data(), g.data(), I.c_out.data(), M, D);
           tick("notes: gated residual");
+        };
+        const std::vector<cuda::ReadSource> own{slot_kv(li.read, l)};
+        gate(li.read, I.g);
+        if (cross) gate(li.cross, I.g_cross);
+        I.side.join();
+        tick("notes: pool walk, overlapped with own slot keys/values and gate products");
+        // Both reads use the same v, so the first fusion can land before the second read runs.
+        finish(li.read, own, I.mq.data() + S, I.g);
+        if (cross) {
+          std::vector<cuda::ReadSource> src;
+          for (int sl = l - c.cross_layer_period + 1; sl <= l; ++sl) src.push_back(slot_kv(li.cross, sl));
+          tick("notes: cross slot keys/values");
+          finish(li.cross, src, I.mq.data() + 2 * S, I.g_cross);
         }
       }
       // Mixer (Mamba-1); out_proj accumulates into the residual stream.

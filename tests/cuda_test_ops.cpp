@@ -370,6 +370,219 @@ std::vector<Err> gated_residual_case(Rng& rng, int64_t M, int64_t D) {
   return {{"x", mmtest::rel_error(dx.get(), ref), 1e-4}};
 }
 
+// ---- backward ops (the training path) ------------------------------------------------------------
+// Parameter gradients accumulate: each case starts them from random values on both sides, so the
+// "+=" contract is checked too.
+std::vector<Err> linear_backward_case(Rng& rng, DType dt, int64_t M, int64_t I, int64_t O, int64_t ld_x,
+                                      int64_t ld_dy, bool bias, bool acc_dx) {
+  Vec X = rng.uniform(size_t(M * ld_x), -1, 1), W = rng.uniform(size_t(O * I), -0.5f, 0.5f);
+  Vec dY = rng.uniform(size_t(M * ld_dy), -1, 1);
+  Vec dX0 = rng.uniform(size_t(M * I), -1, 1), dW0 = rng.uniform(size_t(O * I), -1, 1), db0 = rng.uniform(size_t(O), -1, 1);
+  Vec dX_ref = acc_dx ? dX0 : Vec(size_t(M * I), 0.f), dW_ref = dW0, db_ref = db0;
+  mm::cpu::linear_backward<float>(dX_ref.data(), I, dW_ref.data(), bias ? db_ref.data() : nullptr, dY.data(), ld_dy,
+                                  X.data(), ld_x, W.data(), M, I, O);
+  Dev dX(dX0), dW(dW0), db(db0), dx(X), dw(W), ddy(dY);
+  if (!acc_dx) dX.poison();
+  cu::linear_backward(dX.p(), I, acc_dx, dW.p(), bias ? db.p() : nullptr, ddy.p(), ld_dy, dx.p(), ld_x, dw.p(), M, I, O, dt);
+  cu::synchronize();
+  const double tol = dt == DType::f32 ? 1e-4 : 5e-3;  // TF32: 10-bit mantissa products
+  std::vector<Err> e{{"dX", mmtest::rel_error(dX.get(), dX_ref), tol}, {"dW", mmtest::rel_error(dW.get(), dW_ref), tol}};
+  if (bias) e.push_back({"db", mmtest::rel_error(db.get(), db_ref), 1e-4});
+  return e;
+}
+
+std::vector<Err> rmsnorm_backward_case(Rng& rng, int64_t M, int64_t D, bool accumulate) {
+  Vec x = rng.uniform(size_t(M * D), -2, 2), w = rng.uniform(size_t(D), 0.5f, 1.5f), dy = rng.uniform(size_t(M * D), -1, 1);
+  Vec dx0 = rng.uniform(size_t(M * D), -1, 1), dw0 = rng.uniform(size_t(D), -1, 1);
+  Vec y(size_t(M * D)), rstd(static_cast<size_t>(M));
+  mm::cpu::rmsnorm_forward<float>(y.data(), rstd.data(), x.data(), w.data(), M, D, 1e-5);
+  Vec dx_ref = accumulate ? dx0 : Vec(size_t(M * D), 0.f), dw_ref = dw0;
+  mm::cpu::rmsnorm_backward<float>(dx_ref.data(), dw_ref.data(), dy.data(), x.data(), w.data(), rstd.data(), M, D);
+  Dev ddx(dx0), ddw(dw0), dx_(x), dw_(w), ddy(dy);
+  if (!accumulate) ddx.poison();
+  cu::rmsnorm_backward(ddx.p(), accumulate, ddw.p(), ddy.p(), dx_.p(), dw_.p(), M, D, 1e-5f);
+  cu::synchronize();
+  return {{"dx", mmtest::rel_error(ddx.get(), dx_ref), 1e-4}, {"dw", mmtest::rel_error(ddw.get(), dw_ref), 1e-4}};
+}
+
+std::vector<Err> conv_backward_case(Rng& rng, int64_t B, int64_t T, int64_t E, int64_t k, int64_t lda) {
+  Vec a = rng.uniform(size_t(B * T * lda), -1.5f, 1.5f), w = rng.uniform(size_t(E * k), -0.7f, 0.7f);
+  Vec bias = rng.uniform(size_t(E), -0.3f, 0.3f), dout = rng.uniform(size_t(B * T * E), -1, 1);
+  Vec dw0 = rng.uniform(size_t(E * k), -1, 1), db0 = rng.uniform(size_t(E), -1, 1);
+  Vec out(size_t(B * T * E)), pre(size_t(B * T * E)), tail(size_t(B * (k - 1) * E), 0.f);
+  mm::cpu::conv1d_silu_forward<float>(out.data(), pre.data(), tail.data(), a.data(), lda, w.data(), bias.data(), B, T, E, k);
+  Vec da_ref(size_t(B * T * lda), 0.f), dw_ref = dw0, db_ref = db0;
+  mm::cpu::conv1d_silu_backward<float>(da_ref.data(), lda, dw_ref.data(), db_ref.data(), dout.data(), pre.data(), a.data(),
+                                       lda, w.data(), B, T, E, k);
+  Dev da(size_t(B * T * lda)), dw(dw0), db(db0), a_(a), w_(w), b_(bias), g(dout);
+  da.poison();
+  cu::conv1d_silu_backward(da.p(), lda, dw.p(), db.p(), g.p(), a_.p(), lda, w_.p(), b_.p(), B, T, E, k);
+  cu::synchronize();
+  return {{"da", mmtest::rel_error(cols(da.get(), B * T, lda, E), cols(da_ref, B * T, lda, E)), 1e-4},
+          {"dw", mmtest::rel_error(dw.get(), dw_ref), 1e-4},
+          {"dbias", mmtest::rel_error(db.get(), db_ref), 1e-4}};
+}
+
+std::vector<Err> gated_residual_backward_case(Rng& rng, int64_t M, int64_t D) {
+  Vec g = rng.uniform(size_t(M * D), -4, 4), c = rng.uniform(size_t(M * D), -1, 1), dx = rng.uniform(size_t(M * D), -1, 1);
+  Vec dg_ref(size_t(M * D)), dc_ref(size_t(M * D));
+  mm::cpu::gated_residual_backward<float>(dg_ref.data(), dc_ref.data(), dx.data(), g.data(), c.data(), M, D);
+  Dev dg(size_t(M * D)), dc(size_t(M * D)), g_(g), c_(c), dx_(dx);
+  dg.poison();
+  dc.poison();
+  cu::gated_residual_backward(dg.p(), dc.p(), dx_.p(), g_.p(), c_.p(), M, D);
+  cu::synchronize();
+  return {{"dg", mmtest::rel_error(dg.get(), dg_ref), 1e-5}, {"dc", mmtest::rel_error(dc.get(), dc_ref), 1e-5}};
+}
+
+std::vector<Err> embedding_backward_case(Rng& rng, int64_t M, int64_t D, int64_t V) {
+  std::vector<int32_t> tok(static_cast<size_t>(M));
+  std::uniform_int_distribution<int32_t> pick(0, int32_t(V - 1));
+  for (auto& t : tok) t = pick(rng.g);
+  Vec dx = rng.uniform(size_t(M * D), -1, 1), d0 = rng.uniform(size_t(V * D), -1, 1), ref = d0;
+  mm::cpu::embedding_backward<float>(ref.data(), tok.data(), dx.data(), M, D);
+  Dev dt(d0), g(dx);
+  cu::Buffer<int32_t> dtok(tok.size());
+  cu::copy_to_device(dtok.data(), tok.data(), tok.size() * 4);
+  cu::embedding_backward(dt.p(), dtok.data(), g.p(), M, D, V);
+  cu::synchronize();
+  return {{"dtable", mmtest::rel_error(dt.get(), ref), 1e-5}};
+}
+
+std::vector<Err> cross_entropy_case(Rng& rng, int64_t M, int64_t V, float scale) {
+  Vec logits = rng.uniform(size_t(M * V), -4, 4);
+  std::vector<int32_t> tgt(static_cast<size_t>(M));
+  std::uniform_int_distribution<int32_t> pick(-1, int32_t(V - 1));
+  for (auto& t : tgt) t = pick(rng.g);
+  Vec ref(size_t(M * V));
+  int64_t n_ref = 0, n = 0;
+  const double l_ref = mm::cpu::cross_entropy_forward_backward<float>(ref.data(), &n_ref, logits.data(), tgt.data(), M, V, scale);
+  Dev dl(size_t(M * V)), lg(logits);
+  dl.poison();
+  cu::Buffer<int32_t> dt(tgt.size());
+  cu::copy_to_device(dt.data(), tgt.data(), tgt.size() * 4);
+  const double l = cu::cross_entropy_forward_backward(dl.p(), &n, lg.p(), dt.data(), M, V, scale);
+  EXPECT_EQ(n, n_ref);
+  return {{"loss", std::abs(l - l_ref) / std::abs(l_ref), 1e-5}, {"dlogits", mmtest::rel_error(dl.get(), ref), 1e-5}};
+}
+
+std::vector<Err> note_score_backward_case(Rng& rng, int64_t M, int64_t D) {
+  Vec v = rng.uniform(size_t(M * D), -2, 2), w = rng.uniform(size_t(D), -0.3f, 0.3f), b = rng.uniform(1, -1, 1);
+  Vec ds = rng.uniform(size_t(M), -1, 1), s(static_cast<size_t>(M));
+  mm::cpu::note_score_forward<float>(s.data(), v.data(), w.data(), b.data(), M, D);
+  Vec dv0 = rng.uniform(size_t(M * D), -1, 1), dw0 = rng.uniform(size_t(D), -1, 1), db0 = rng.uniform(1, -1, 1);
+  Vec dv_ref = dv0, dw_ref = dw0, db_ref = db0;
+  mm::cpu::note_score_backward<float>(dv_ref.data(), dw_ref.data(), db_ref.data(), ds.data(), s.data(), v.data(), w.data(), M, D);
+  Dev dv(dv0), dw(dw0), db(db0), ds_(ds), s_(s), v_(v), w_(w);
+  cu::note_score_backward(dv.p(), dw.p(), db.p(), ds_.p(), s_.p(), v_.p(), w_.p(), M, D);
+  cu::synchronize();
+  return {{"dv", mmtest::rel_error(dv.get(), dv_ref), 1e-5}, {"dw", mmtest::rel_error(dw.get(), dw_ref), 1e-4},
+          {"db", mmtest::rel_error(db.get(), db_ref), 1e-4}};
+}
+
+std::vector<Err> note_scale_backward_case(Rng& rng, int64_t M, int64_t S, int64_t ld) {
+  Vec s = rng.uniform(size_t(M), 0, 1), m = rng.uniform(size_t(M * ld), -1, 1), dn = rng.uniform(size_t(M * S), -1, 1);
+  Vec mc = cols(m, M, ld, S);
+  Vec dm_ref(size_t(M * S), 0.f), ds_ref(size_t(M), 0.f);
+  mm::cpu::note_scale_backward<float>(dm_ref.data(), ds_ref.data(), dn.data(), s.data(), mc.data(), M, S);
+  Dev dm(static_cast<size_t>(M * ld)), ds(static_cast<size_t>(M)), s_(s), m_(m), dn_(dn);
+  dm.poison();
+  ds.poison();
+  cu::note_scale_backward(dm.p(), ld, ds.p(), dn_.p(), S, s_.p(), m_.p(), ld, M, S);
+  cu::synchronize();
+  return {{"dm", mmtest::rel_error(cols(dm.get(), M, ld, S), dm_ref), 1e-5}, {"ds", mmtest::rel_error(ds.get(), ds_ref), 1e-5}};
+}
+
+// The pool read's backward over nsrc sources: random slot rows (some empty) per segment; the CPU
+// twin gathers each segment's visible slots and runs pool_attention_backward, scattering the slot
+// gradients back to their rows.
+std::vector<Err> pool_read_backward_case(Rng& rng, int64_t B, int64_t T, int64_t C, int64_t K, int64_t H, int64_t dh,
+                                         int nsrc) {
+  const int64_t S = H * dh, M = B * T, rows = M + 2 * B * K, ldq = 3 * S;
+  std::vector<int32_t> t0s, t1s;
+  std::vector<uint8_t> closes;
+  for (int64_t t = 0; t < T; t += C) {
+    t0s.push_back(int32_t(t));
+    t1s.push_back(int32_t(std::min(T, t + C)));
+    closes.push_back(1);
+  }
+  const int64_t nseg = int64_t(t0s.size());
+  std::vector<Vec> kv;
+  std::vector<std::vector<int32_t>> snap;
+  std::uniform_int_distribution<int32_t> row_pick(0, int32_t(rows - 1));
+  for (int i = 0; i < nsrc; ++i) {
+    kv.push_back(rng.uniform(size_t(rows * 2 * S), -1, 1));
+    std::vector<int32_t> sn(size_t(nseg * B * K));
+    for (auto& r : sn) r = (rng.g() % 4 == 0) ? -1 : row_pick(rng.g);
+    if (i == 0) std::fill(sn.begin(), sn.begin() + K, -1);  // a segment that reads nothing (source 0 of seg 0, b 0)
+    snap.push_back(sn);
+  }
+  if (nsrc == 1) std::fill(snap[0].begin(), snap[0].begin() + K, -1);
+  Vec q = rng.uniform(size_t(M * ldq), -1, 1), dout = rng.uniform(size_t(M * S), -1, 1);
+  // CPU twin.
+  Vec dq_ref(size_t(M * S), 0.f);
+  std::vector<Vec> dkv_ref(size_t(nsrc), Vec(size_t(rows * 2 * S), 0.f));
+  for (int64_t sg = 0; sg < nseg; ++sg)
+    for (int64_t b = 0; b < B; ++b) {
+      std::vector<std::pair<int, int32_t>> vis;
+      for (int i = 0; i < nsrc; ++i)
+        for (int64_t j = 0; j < K; ++j) {
+          const int32_t r = snap[size_t(i)][size_t((sg * B + b) * K + j)];
+          if (r >= 0) vis.push_back({i, r});
+        }
+      const int64_t m = int64_t(vis.size()), len = t1s[size_t(sg)] - t0s[size_t(sg)], r0 = b * T + t0s[size_t(sg)];
+      if (m == 0) continue;
+      Vec keys(size_t(m * S)), vals(size_t(m * S)), P(size_t(len * H * m)), o(size_t(len * S)), dk(size_t(m * S), 0.f),
+          dv(size_t(m * S), 0.f);
+      for (int64_t j = 0; j < m; ++j)
+        for (int64_t c = 0; c < S; ++c) {
+          keys[size_t(j * S + c)] = kv[size_t(vis[size_t(j)].first)][size_t(vis[size_t(j)].second * 2 * S + c)];
+          vals[size_t(j * S + c)] = kv[size_t(vis[size_t(j)].first)][size_t(vis[size_t(j)].second * 2 * S + S + c)];
+        }
+      mm::cpu::pool_attention_forward<float>(o.data(), P.data(), q.data() + r0 * ldq + S, ldq, keys.data(), vals.data(), len, m, H, dh);
+      mm::cpu::pool_attention_backward<float>(dq_ref.data() + r0 * S, S, dk.data(), dv.data(), dout.data() + r0 * S,
+                                              q.data() + r0 * ldq + S, ldq, keys.data(), vals.data(), P.data(), len, m, H, dh);
+      for (int64_t j = 0; j < m; ++j)
+        for (int64_t c = 0; c < S; ++c) {
+          Vec& d = dkv_ref[size_t(vis[size_t(j)].first)];
+          d[size_t(vis[size_t(j)].second * 2 * S + c)] += dk[size_t(j * S + c)];
+          d[size_t(vis[size_t(j)].second * 2 * S + S + c)] += dv[size_t(j * S + c)];
+        }
+    }
+  // CUDA.
+  std::vector<Dev> dkv_dev, kv_dev;
+  std::vector<cu::Buffer<int32_t>> snap_dev;
+  std::vector<cu::ReadSource> src;
+  std::vector<float*> dkv_ptr;
+  for (int i = 0; i < nsrc; ++i) {
+    kv_dev.emplace_back(kv[size_t(i)]);
+    dkv_dev.emplace_back(Vec(size_t(rows * 2 * S), 0.f));
+    snap_dev.emplace_back(snap[size_t(i)].size());
+    cu::copy_to_device(snap_dev.back().data(), snap[size_t(i)].data(), snap[size_t(i)].size() * 4);
+  }
+  for (int i = 0; i < nsrc; ++i) {
+    src.push_back({kv_dev[size_t(i)].p(), snap_dev[size_t(i)].data()});
+    dkv_ptr.push_back(dkv_dev[size_t(i)].p());
+  }
+  cu::Buffer<int32_t> st0(t0s.size()), st1(t1s.size());
+  cu::Buffer<uint8_t> scl(closes.size());
+  cu::copy_to_device(st0.data(), t0s.data(), t0s.size() * 4);
+  cu::copy_to_device(st1.data(), t1s.data(), t1s.size() * 4);
+  cu::copy_to_device(scl.data(), closes.data(), closes.size());
+  Dev dq(size_t(M * ldq)), q_(q), go(dout);
+  dq.poison();
+  cu::pool_read_backward(dq.p() + S, ldq, dkv_ptr.data(), go.p(), q_.p() + S, ldq, src.data(), nsrc,
+                         {st0.data(), st1.data(), scl.data(), nseg}, B, T, K, H, dh);
+  cu::synchronize();
+  Vec dq_got = dq.get(), dq_cols(size_t(M * S));
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t c = 0; c < S; ++c) dq_cols[size_t(r * S + c)] = dq_got[size_t(r * ldq + S + c)];
+  std::vector<Err> e{{"dq", mmtest::rel_error(dq_cols, dq_ref), 1e-4}};
+  for (int i = 0; i < nsrc; ++i)
+    e.push_back({"dkv" + std::to_string(i), mmtest::rel_error(dkv_dev[size_t(i)].get(), dkv_ref[size_t(i)]), 1e-4});
+  return e;
+}
+
 // ---- the table ---------------------------------------------------------------------------------
 // "Small" in a name marks the quick cases (e.g. for compute-sanitizer runs).
 const bool registered = [] {
@@ -416,6 +629,29 @@ const bool registered = [] {
   t.push_back({"embedding_M1000_D256_V8", [](Rng& r) { return embedding_case(r, 1000, 256, 8); }});
   t.push_back({"gated_residual_Small_M33_D100", [](Rng& r) { return gated_residual_case(r, 33, 100); }});
   t.push_back({"gated_residual_M1000_D256", [](Rng& r) { return gated_residual_case(r, 1000, 256); }});
+  // Backward ops.
+  for (DType dt : {DType::f32, DType::tf32}) {
+    const std::string d = dt == DType::f32 ? "f32" : "tf32";
+    t.push_back({"linear_backward_" + d + "_Small_M7_I5_O3_bias", [=](Rng& r) { return linear_backward_case(r, dt, 7, 5, 3, 5, 3, true, false); }});
+    t.push_back({"linear_backward_" + d + "_M300_I256_O96_ld512_ld100_bias_acc", [=](Rng& r) { return linear_backward_case(r, dt, 300, 256, 96, 512, 100, true, true); }});
+    t.push_back({"linear_backward_" + d + "_M5000_I48_O512", [=](Rng& r) { return linear_backward_case(r, dt, 5000, 48, 512, 48, 512, false, false); }});
+  }
+  t.push_back({"rmsnorm_backward_Small_M37_D100", [](Rng& r) { return rmsnorm_backward_case(r, 37, 100, false); }});
+  t.push_back({"rmsnorm_backward_M3000_D256_acc", [](Rng& r) { return rmsnorm_backward_case(r, 3000, 256, true); }});
+  t.push_back({"conv1d_backward_Small_B2_T50_E70_k4_lda140", [](Rng& r) { return conv_backward_case(r, 2, 50, 70, 4, 140); }});
+  t.push_back({"conv1d_backward_B1_T1000_E512_k4", [](Rng& r) { return conv_backward_case(r, 1, 1000, 512, 4, 1024); }});
+  t.push_back({"conv1d_backward_Small_B2_T9_E5_k1", [](Rng& r) { return conv_backward_case(r, 2, 9, 5, 1, 5); }});
+  t.push_back({"conv1d_backward_Small_B1_T3_E40_k4", [](Rng& r) { return conv_backward_case(r, 1, 3, 40, 4, 40); }});
+  t.push_back({"gated_residual_backward_M1000_D256", [](Rng& r) { return gated_residual_backward_case(r, 1000, 256); }});
+  t.push_back({"embedding_backward_Small_M100_D24_V8", [](Rng& r) { return embedding_backward_case(r, 100, 24, 8); }});
+  t.push_back({"embedding_backward_M3000_D256_V8", [](Rng& r) { return embedding_backward_case(r, 3000, 256, 8); }});
+  t.push_back({"cross_entropy_Small_M50_V8", [](Rng& r) { return cross_entropy_case(r, 50, 8, 1.0f); }});
+  t.push_back({"cross_entropy_M5000_V8_scale", [](Rng& r) { return cross_entropy_case(r, 5000, 8, 4000.0f); }});
+  t.push_back({"note_score_backward_M1000_D256", [](Rng& r) { return note_score_backward_case(r, 1000, 256); }});
+  t.push_back({"note_scale_backward_M1000_S64_ld192", [](Rng& r) { return note_scale_backward_case(r, 1000, 64, 192); }});
+  t.push_back({"pool_read_backward_Small_B2_T40_C8_K4_H2_dh4", [](Rng& r) { return pool_read_backward_case(r, 2, 40, 8, 4, 2, 4, 1); }});
+  t.push_back({"pool_read_backward_B1_T600_C256_K64_H4_dh16", [](Rng& r) { return pool_read_backward_case(r, 1, 600, 256, 64, 4, 16, 1); }});
+  t.push_back({"pool_read_backward_cross_B2_T300_C100_K16_H4_dh8_src4", [](Rng& r) { return pool_read_backward_case(r, 2, 300, 100, 16, 4, 8, 4); }});
   return true;
 }();
 
@@ -460,6 +696,14 @@ TEST(CudaOpsSmall, RefusesAndTracksMemory) {
   EXPECT_THROW(cu::conv1d_silu_forward(p, DType::f32, nullptr, p, p, 4, p, p, 1, 4, 8, 4), mm::Error);
   EXPECT_THROW(cu::rmsnorm_forward(p, DType::f32, p, p, 4, 8, 1e-5f, p, nullptr, nullptr), mm::Error);
   EXPECT_THROW(cu::rmsnorm_forward(p, DType::f32, p, p, -1, 8, 1e-5f), mm::Error);
+  // The backward launchers refuse too.
+  EXPECT_THROW(cu::gemm(p, 4, p, 4, false, p, 4, false, 4, 4, 4, DType::bf16, 0.f), mm::Error);  // fp32 operands only
+  EXPECT_THROW(cu::gemm(p, 4, p, 3, false, p, 4, false, 4, 4, 4, DType::f32, 0.f), mm::Error);   // lda < K
+  EXPECT_THROW(cu::linear_backward(p, 4, false, p, nullptr, p, 3, p, 4, p, 2, 4, 4, DType::f32), mm::Error);  // ld_dy < O
+  EXPECT_THROW(cu::conv1d_silu_backward(p, 8, p, p, p, p, 8, p, p, 1, 4, 8, 9), mm::Error);     // k > 8
+  EXPECT_THROW(cu::rmsnorm_backward(p, false, p, p, p, p, 2, 5000, 1e-5f), mm::Error);           // D > 4096
+  EXPECT_THROW(cu::cross_entropy_forward_backward(p, nullptr, p, nullptr, 4, 8, 1.f), mm::Error); // null targets
+  EXPECT_THROW(cu::pool_read_backward(p, 8, nullptr, p, p, 8, nullptr, 0, {}, 1, 4, 4, 2, 4), mm::Error);  // no source
   try {
     cu::scan_forward(p, DType::f32, p, p, p, p, p, p, 32, p, p, 8, 1, 4, 8, 12);
   } catch (const mm::Error& e) {

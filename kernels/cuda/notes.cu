@@ -382,24 +382,25 @@ void note_scale_forward(float* n, int64_t ldn, const float* s, const float* m, i
   MM_CUDA_LAUNCH_CHECK("note_scale");
 }
 
-void gather_rows(float* dst, const float* src, const int32_t* rows, int64_t R, int64_t S) {
+void gather_rows(float* dst, const float* src, const int32_t* rows, int64_t R, int64_t S, void* stream) {
   require(R >= 0 && S > 0, "gather_rows sizes");
   if (R == 0) return;
-  gather_rows_kernel<<<unsigned((R * S + 255) / 256), 256>>>(dst, src, rows, R, S);
+  gather_rows_kernel<<<unsigned((R * S + 255) / 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(dst, src, rows, R, S);
   MM_CUDA_LAUNCH_CHECK("gather_rows");
 }
 
 void pool_evolve(int32_t* snap, PoolState state, int32_t* pool_rows, int32_t* cand_rows,
                  const float* s, int64_t pos0, Segments segs, int64_t B, int64_t T, int64_t K,
-                 float tau, PoolScratch scratch) {
+                 float tau, PoolScratch scratch, void* stream) {
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
   require(K > 0 && K <= kMaxSlots, "pool_slots " + std::to_string(K) + " (at most " + std::to_string(kMaxSlots) + ")");
   require(B > 0 && T >= 0 && 2 * B * K + B * T < (int64_t(1) << 31), "piece too large for 32-bit row indices");
   if (segs.count > 0) {
     dim3 grid(unsigned(segs.count), unsigned(B));
-    segment_candidates_kernel<<<grid, 256>>>(scratch, s, segs, int(B), int(T), int(K), tau);
+    segment_candidates_kernel<<<grid, 256, 0, st>>>(scratch, s, segs, int(B), int(T), int(K), tau);
     MM_CUDA_LAUNCH_CHECK("segment_candidates");
   }
-  pool_walk_kernel<<<unsigned(B), 32>>>(snap, state, pool_rows, cand_rows, scratch, pos0, segs, int(B), int(T), int(K));
+  pool_walk_kernel<<<unsigned(B), 32, 0, st>>>(snap, state, pool_rows, cand_rows, scratch, pos0, segs, int(B), int(T), int(K));
   MM_CUDA_LAUNCH_CHECK("pool_walk");
 }
 

@@ -48,12 +48,14 @@ struct PoolScratch {
   int32_t* t;
   int32_t* count;
 };
+// stream: a cudaStream_t to run on (null: the default stream), e.g. a SideStream's handle.
 void pool_evolve(int32_t* snap, PoolState state, int32_t* pool_rows, int32_t* cand_rows,
                  const float* s, int64_t pos0, Segments segs, int64_t B, int64_t T, int64_t K,
-                 float tau, PoolScratch scratch);
+                 float tau, PoolScratch scratch, void* stream = nullptr);
 
 // dst (R×S) = src[rows[r]] (row stride S), zeros where rows[r] < 0.
-void gather_rows(float* dst, const float* src, const int32_t* rows, int64_t R, int64_t S);
+void gather_rows(float* dst, const float* src, const int32_t* rows, int64_t R, int64_t S,
+                 void* stream = nullptr);
 
 // One pool (or one layer's share of the cross-layer union) a read attends to.
 struct ReadSource {

@@ -67,6 +67,26 @@ private:
   void* b_ = nullptr;
 };
 
+// A second stream for work that may overlap the default stream's (e.g. the note pool's
+// sequential walk, while the default stream runs products that do not depend on it).
+// fork(): the side stream waits for everything enqueued on the default stream so far;
+// join(): the default stream waits for everything enqueued on the side stream so far.
+class SideStream {
+public:
+  SideStream();
+  ~SideStream();
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+  void fork();
+  void join();
+  void* handle() const { return stream_; }  // a cudaStream_t
+
+private:
+  void* stream_ = nullptr;
+  void* forked_ = nullptr;  // events
+  void* joined_ = nullptr;
+};
+
 // ---- ops ----------------------------------------------------------------------------------
 // out (M×O fp32, row stride ld_out) = in (M×I, dtype, row stride ld_in) · Wᵀ (W O×I, same dtype,
 // contiguous) + bias (O, fp32, or null); accumulate: out += instead of =. cuBLASLt, fp32

@@ -56,6 +56,33 @@ std::string device_name() {
 
 void synchronize() { MM_CUDA_CHECK(cudaDeviceSynchronize()); }
 
+SideStream::SideStream() {
+  cudaStream_t s = nullptr;
+  cudaEvent_t a = nullptr, b = nullptr;
+  MM_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  MM_CUDA_CHECK(cudaEventCreateWithFlags(&a, cudaEventDisableTiming));
+  MM_CUDA_CHECK(cudaEventCreateWithFlags(&b, cudaEventDisableTiming));
+  stream_ = s;
+  forked_ = a;
+  joined_ = b;
+}
+
+SideStream::~SideStream() {
+  if (forked_) cudaEventDestroy(static_cast<cudaEvent_t>(forked_));
+  if (joined_) cudaEventDestroy(static_cast<cudaEvent_t>(joined_));
+  if (stream_) cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+}
+
+void SideStream::fork() {
+  MM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(forked_), cudaStreamLegacy));
+  MM_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream_), static_cast<cudaEvent_t>(forked_), 0));
+}
+
+void SideStream::join() {
+  MM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(joined_), static_cast<cudaStream_t>(stream_)));
+  MM_CUDA_CHECK(cudaStreamWaitEvent(cudaStreamLegacy, static_cast<cudaEvent_t>(joined_), 0));
+}
+
 size_t peak_bytes() { return g_peak.load(); }
 void reset_peak() { g_peak.store(g_current.load()); }
 
