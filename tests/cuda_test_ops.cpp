@@ -583,6 +583,74 @@ std::vector<Err> pool_read_backward_case(Rng& rng, int64_t B, int64_t T, int64_t
   return e;
 }
 
+// The pool read's forward over nsrc sources, built like pool_read_backward_case: random slot rows
+// (a quarter empty) per segment, the first segment of sequence 0 reading nothing in any source
+// (o = 0); q a column slice of row stride 3S. The CPU twin gathers each segment's visible slots
+// and runs pool_attention_forward.
+std::vector<Err> pool_read_forward_case(Rng& rng, DType dt, int64_t B, int64_t T, int64_t C, int64_t K, int64_t H,
+                                        int64_t dh, int nsrc) {
+  const int64_t S = H * dh, M = B * T, rows = M + 2 * B * K, ldq = 3 * S;
+  std::vector<int32_t> t0s, t1s;
+  std::vector<uint8_t> closes;
+  for (int64_t t = 0; t < T; t += C) {
+    t0s.push_back(int32_t(t));
+    t1s.push_back(int32_t(std::min(T, t + C)));
+    closes.push_back(1);
+  }
+  const int64_t nseg = int64_t(t0s.size());
+  std::vector<Vec> kv;
+  std::vector<std::vector<int32_t>> snap;
+  std::uniform_int_distribution<int32_t> row_pick(0, int32_t(rows - 1));
+  for (int i = 0; i < nsrc; ++i) {
+    kv.push_back(rng.uniform(size_t(rows * 2 * S), -1, 1));
+    std::vector<int32_t> sn(size_t(nseg * B * K));
+    for (auto& r : sn) r = (rng.g() % 4 == 0) ? -1 : row_pick(rng.g);
+    std::fill(sn.begin(), sn.begin() + K, -1);  // segment 0 of sequence 0 reads nothing
+    snap.push_back(sn);
+  }
+  Vec q = rng.uniform(size_t(M * ldq), -2, 2);
+  Vec o_ref(size_t(M * S), 0.f);
+  for (int64_t sg = 0; sg < nseg; ++sg)
+    for (int64_t b = 0; b < B; ++b) {
+      std::vector<std::pair<int, int32_t>> vis;
+      for (int i = 0; i < nsrc; ++i)
+        for (int64_t j = 0; j < K; ++j) {
+          const int32_t r = snap[size_t(i)][size_t((sg * B + b) * K + j)];
+          if (r >= 0) vis.push_back({i, r});
+        }
+      const int64_t m = int64_t(vis.size()), len = t1s[size_t(sg)] - t0s[size_t(sg)], r0 = b * T + t0s[size_t(sg)];
+      if (m == 0) continue;
+      Vec keys(size_t(m * S)), vals(size_t(m * S)), P(size_t(len * H * m));
+      for (int64_t j = 0; j < m; ++j)
+        for (int64_t c = 0; c < S; ++c) {
+          keys[size_t(j * S + c)] = kv[size_t(vis[size_t(j)].first)][size_t(vis[size_t(j)].second * 2 * S + c)];
+          vals[size_t(j * S + c)] = kv[size_t(vis[size_t(j)].first)][size_t(vis[size_t(j)].second * 2 * S + S + c)];
+        }
+      mm::cpu::pool_attention_forward<float>(o_ref.data() + r0 * S, P.data(), q.data() + r0 * ldq + S, ldq,
+                                             keys.data(), vals.data(), len, m, H, dh);
+    }
+  std::vector<Dev> kv_dev;
+  std::vector<cu::Buffer<int32_t>> snap_dev;
+  std::vector<cu::ReadSource> src;
+  for (int i = 0; i < nsrc; ++i) {
+    kv_dev.emplace_back(kv[size_t(i)]);
+    snap_dev.emplace_back(snap[size_t(i)].size());
+    cu::copy_to_device(snap_dev.back().data(), snap[size_t(i)].data(), snap[size_t(i)].size() * 4);
+  }
+  for (int i = 0; i < nsrc; ++i) src.push_back({kv_dev[size_t(i)].p(), snap_dev[size_t(i)].data()});
+  cu::Buffer<int32_t> st0(t0s.size()), st1(t1s.size());
+  cu::Buffer<uint8_t> scl(closes.size());
+  cu::copy_to_device(st0.data(), t0s.data(), t0s.size() * 4);
+  cu::copy_to_device(st1.data(), t1s.data(), t1s.size() * 4);
+  cu::copy_to_device(scl.data(), closes.data(), closes.size());
+  Dev q_(q);
+  Out o(dt, size_t(M * S));
+  cu::pool_read_forward(o.p(), dt, q_.p() + S, ldq, src.data(), nsrc, {st0.data(), st1.data(), scl.data(), nseg}, B, T,
+                        K, H, dh);
+  cu::synchronize();
+  return {{"o", mmtest::rel_error(o.get(), o_ref), tol_for(dt)}};
+}
+
 // ---- the table ---------------------------------------------------------------------------------
 // "Small" in a name marks the quick cases (e.g. for compute-sanitizer runs).
 const bool registered = [] {
@@ -652,6 +720,20 @@ const bool registered = [] {
   t.push_back({"pool_read_backward_Small_B2_T40_C8_K4_H2_dh4", [](Rng& r) { return pool_read_backward_case(r, 2, 40, 8, 4, 2, 4, 1); }});
   t.push_back({"pool_read_backward_B1_T600_C256_K64_H4_dh16", [](Rng& r) { return pool_read_backward_case(r, 1, 600, 256, 64, 4, 16, 1); }});
   t.push_back({"pool_read_backward_cross_B2_T300_C100_K16_H4_dh8_src4", [](Rng& r) { return pool_read_backward_case(r, 2, 300, 100, 16, 4, 8, 4); }});
+  // pool_read forward: B, T, C, K, H, d_h, sources (d_h 16 up to 256 slots: the tensor-core kernel;
+  // 8 sources × 128 slots stream through shared memory).
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const std::string d = dname(dt);
+    t.push_back({"pool_read_forward_" + d + "_Small_B2_T40_C8_K4_H2_dh4", [=](Rng& r) { return pool_read_forward_case(r, dt, 2, 40, 8, 4, 2, 4, 1); }});
+    t.push_back({"pool_read_forward_" + d + "_Small_B2_T75_C16_K8_H3_dh8_src3", [=](Rng& r) { return pool_read_forward_case(r, dt, 2, 75, 16, 8, 3, 8, 3); }});
+    t.push_back({"pool_read_forward_" + d + "_B1_T1000_C256_K64_H4_dh16", [=](Rng& r) { return pool_read_forward_case(r, dt, 1, 1000, 256, 64, 4, 16, 1); }});
+    t.push_back({"pool_read_forward_" + d + "_B1_T1000_C256_K64_H4_dh16_src4", [=](Rng& r) { return pool_read_forward_case(r, dt, 1, 1000, 256, 64, 4, 16, 4); }});
+  }
+  t.push_back({"pool_read_forward_f32_Small_B2_T70_C33_K5_H1_dh16_src2", [](Rng& r) { return pool_read_forward_case(r, DType::f32, 2, 70, 33, 5, 1, 16, 2); }});
+  t.push_back({"pool_read_forward_f32_B2_T300_C100_K16_H4_dh32_src4", [](Rng& r) { return pool_read_forward_case(r, DType::f32, 2, 300, 100, 16, 4, 32, 4); }});
+  t.push_back({"pool_read_forward_f32_stream_B1_T600_C128_K128_H4_dh16_src8", [](Rng& r) { return pool_read_forward_case(r, DType::f32, 1, 600, 128, 128, 4, 16, 8); }});
+  t.push_back({"pool_read_forward_bf16_stream_B2_T300_C100_K128_H4_dh32_src4", [](Rng& r) { return pool_read_forward_case(r, DType::bf16, 2, 300, 100, 128, 4, 32, 4); }});
+  t.push_back({"pool_read_forward_f32_stream_B1_T200_C64_K128_H8_dh4_src8", [](Rng& r) { return pool_read_forward_case(r, DType::f32, 1, 200, 64, 128, 8, 4, 8); }});
   return true;
 }();
 
@@ -717,6 +799,66 @@ TEST(CudaOpsSmall, RefusesAndTracksMemory) {
   EXPECT_GE(cu::peak_bytes(), before + (size_t(4) << 20));
   cu::reset_peak();
   EXPECT_EQ(cu::peak_bytes(), before);
+}
+
+// The pool read at the tiny model's shape (memory chunk 256, K 64, H 4, d_h 16), B 1, T 2^20: the
+// own read (1 source, 64 slots) and the cross-layer read (4 sources, 256 slots), every slot full,
+// the slot rows drawn at random for each segment (pessimistic for the L2: real pools change
+// slowly). Effective FLOP rate: 4·H·slots·d_h per token (q·k and p·v, 2 per multiply-add).
+void pool_read_speed() {
+  const int64_t T = int64_t(1) << 20, C = 256, K = 64, H = 4, dh = 16, S = H * dh, ldq = 2 * S, rows = T + 2 * K;
+  const int64_t nseg = T / C;
+  Rng rng(11);
+  cu::Buffer<float> q(size_t(T * ldq)), kv(size_t(rows * 2 * S));
+  {
+    const Vec blk = rng.uniform(size_t(1) << 22, -1, 1);
+    for (size_t o = 0; o < size_t(T * ldq); o += blk.size())
+      cu::copy_to_device(q.data() + o, blk.data(), std::min(blk.size(), size_t(T * ldq) - o) * 4);
+    for (size_t o = 0; o < size_t(rows * 2 * S); o += blk.size())
+      cu::copy_to_device(kv.data() + o, blk.data(), std::min(blk.size(), size_t(rows * 2 * S) - o) * 4);
+  }
+  std::vector<cu::Buffer<int32_t>> snaps;
+  std::vector<cu::ReadSource> src;
+  std::uniform_int_distribution<int32_t> row_pick(0, int32_t(rows - 1));
+  for (int i = 0; i < 4; ++i) {
+    std::vector<int32_t> sn(size_t(nseg * K));
+    for (auto& r : sn) r = row_pick(rng.g);
+    snaps.emplace_back(sn.size());
+    cu::copy_to_device(snaps.back().data(), sn.data(), sn.size() * 4);
+    src.push_back({kv.data(), snaps.back().data()});
+  }
+  std::vector<int32_t> t0s, t1s;
+  std::vector<uint8_t> closes(size_t(nseg), 1);
+  for (int64_t s = 0; s < nseg; ++s) {
+    t0s.push_back(int32_t(s * C));
+    t1s.push_back(int32_t(s * C + C));
+  }
+  cu::Buffer<int32_t> st0(t0s.size()), st1(t1s.size());
+  cu::Buffer<uint8_t> scl(closes.size());
+  cu::copy_to_device(st0.data(), t0s.data(), t0s.size() * 4);
+  cu::copy_to_device(st1.data(), t1s.data(), t1s.size() * 4);
+  cu::copy_to_device(scl.data(), closes.data(), closes.size());
+  cu::Buffer<float> o32(size_t(T * S));
+  cu::Buffer<uint16_t> o16(size_t(T * S));
+  for (DType odt : {DType::bf16, DType::f32})
+    for (int nsrc : {1, 4}) {
+      void* o = odt == DType::f32 ? static_cast<void*>(o32.data()) : static_cast<void*>(o16.data());
+      auto go = [&] {
+        cu::pool_read_forward(o, odt, q.data() + S, ldq, src.data(), nsrc, {st0.data(), st1.data(), scl.data(), nseg},
+                              1, T, K, H, dh);
+      };
+      go();
+      cu::synchronize();
+      cu::Timer tm;
+      const int reps = 10;
+      tm.start();
+      for (int i = 0; i < reps; ++i) go();
+      const double ms = tm.stop_ms() / reps;
+      const double flop = 4.0 * double(T) * double(H) * double(nsrc * K) * double(dh);
+      std::printf("[ speed    ] pool_read_forward C=256 K=64x%d H=4 d_h=16 T=2^20 B=1 out %-4s: %.3f ms, "
+                  "%.1f TFLOP/s effective\n",
+                  nsrc, dname(odt), ms, flop / ms / 1e9);
+    }
 }
 
 // Timings only (tests never assert on time): the scan at E=512, N=16, L=2^20, batch 1 (its backward
@@ -834,6 +976,22 @@ TEST(CudaOps, SpeedReport) {
     std::printf("[ speed    ] linear_forward bf16 (fp32 out) M=%lld I=%lld O=%lld: %.3f ms, %.1f TFLOP/s\n",
                 (long long)M, (long long)I, (long long)O, ms, 2.0 * double(M) * I * O / ms / 1e9);
   }
+  pool_read_speed();
+}
+
+// The pool read refuses what it cannot do.
+TEST(CudaOpsSmall, PoolReadRefuses) {
+  if (!cu::available()) GTEST_SKIP() << no_device_message();
+  cu::Buffer<float> f(1024);
+  float* p = f.data();
+  cu::Buffer<int32_t> z(4);
+  const cu::ReadSource src{p, z.data()};
+  const cu::Segments segs{z.data(), z.data(), nullptr, 1};
+  EXPECT_THROW(cu::pool_read_forward(p, DType::f32, p, 24, &src, 1, segs, 1, 4, 4, 2, 12), mm::Error);   // d_h 12
+  EXPECT_THROW(cu::pool_read_forward(p, DType::f32, p, 32, &src, 1, segs, 1, 4, 129, 2, 16), mm::Error); // K > 128
+  EXPECT_THROW(cu::pool_read_forward(p, DType::f32, p, 32, &src, 9, segs, 1, 4, 4, 2, 16), mm::Error);   // 9 sources
+  EXPECT_THROW(cu::pool_read_forward(p, DType::f32, p, 16, &src, 1, segs, 1, 4, 4, 2, 16), mm::Error);   // ldq < S
+  EXPECT_THROW(cu::pool_read_forward(p, DType::tf32, p, 32, &src, 1, segs, 1, 4, 4, 2, 16), mm::Error);  // tf32 out
 }
 
 }  // namespace

@@ -5,10 +5,12 @@
 // parallel; then one warp per sequence walks the segments with the pool and the carried
 // candidates in shared memory, committing in order and stopping at the first candidate that
 // cannot enter (later ones score no higher).
-// pool_read is one block per (segment, sequence): slot keys and values staged through shared
-// memory in tiles, one thread per (token, head) with an online softmax over the tiles.
+// pool_read is one block per (segment, sequence) with the segment's visible slots staged in shared
+// memory: d_h 16 on the tensor cores (split-bf16 mma, ~1e-5 relative error), other widths and pools
+// too large for shared memory with fp32 FMAs, several tokens a thread (details at the kernels).
 #include "kernels/cuda/notes.hpp"
 
+#include <algorithm>
 #include <string>
 
 #include "kernels/cuda/backward.hpp"
@@ -230,144 +232,548 @@ struct Sources {
 };
 
 
-constexpr int kTile = 32;  // slots per shared-memory tile
+// ---- forward read ----------------------------------------------------------------------------
+// Both kernels start alike: one block per (segment, sequence) lists the segment's visible slots
+// (source, row) in slot order (empty slots dropped, so they cost nothing), then stages their keys
+// and values in shared memory.
+// pool_read_mma_kernel (d_h 16, all slots resident): one warp per (16 tokens, head) at a time,
+// FlashAttention-style on the tensor cores: scores = Q·Kᵀ and O = P·V with mma.sync m16n8k16,
+// each operand split in two bf16 terms (x = hi + lo, 16 significant bits) and the products
+// hi·hi + hi·lo + lo·hi summed in fp32 (3 mma per product: a relative error ≈ 2⁻¹⁶ per score and
+// weight, fp32 accumulation); an online softmax over tiles of 32 slots in registers.
+// pool_read_kernel (any head width; resident, or streamed through shared memory in chunks of
+// slots for pools that do not fit): fp32 FMA, each thread holds TB tokens of one head (q and the
+// accumulators in registers), a warp shares one head so each key and value is one broadcast
+// shared-memory load reused TB times; an online softmax over tiles of NJ slots.
+constexpr int kReadThreads = 256;
+constexpr int kReadVisibleMax = kMaxReadSources * kMaxSlots;
+constexpr float kLog2e = 1.4426950408889634f;
 
-// resident: every slot of the segment is staged once (the usual case, the pools fit in shared
-// memory); otherwise one tile at a time, again for each batch of (token, head) pairs.
-template <int DH, typename OutT>
-__global__ void pool_read_kernel(OutT* o, const float* q, int64_t ldq, Sources src, int nsrc,
-                                 Segments segs, int B, int T, int K, int H, int resident) {
-  extern __shared__ float4 tile_storage[];  // 16-byte aligned: cap × 2S values, then cap flags
-  float* tiles = reinterpret_cast<float*>(tile_storage);
-  __shared__ int32_t rows[kTile];
-  __shared__ int from[kTile];
+// Lists the visible slots of (segment seg, sequence b) over all sources, in order: rows[i] (the
+// kv row) and from[i] (its source). Returns their count. Every thread of the block calls it.
+__device__ int list_visible(int32_t* rows, uint8_t* from, const Sources& src, int nsrc, int64_t seg, int b,
+                            int B, int K) {
+  __shared__ int warp_n[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int total = nsrc * K;
+  int count = 0;
+  for (int base = 0; base < total; base += blockDim.x) {
+    const int p = base + threadIdx.x;
+    int32_t r = -1;
+    int s = 0;
+    if (p < total) {
+      s = p / K;
+      r = src.snap[s][(seg * B + b) * K + (p - s * K)];
+    }
+    const unsigned vis = __ballot_sync(0xffffffffu, r >= 0);
+    if (lane == 0) warp_n[warp] = __popc(vis);
+    __syncthreads();
+    int before = count, all = count;
+    for (int w = 0; w < nwarps; ++w) {
+      const int c = warp_n[w];
+      before += w < warp ? c : 0;
+      all += c;
+    }
+    if (r >= 0) {
+      const int at = before + __popc(vis & ((1u << lane) - 1u));
+      rows[at] = r;
+      from[at] = uint8_t(s);
+    }
+    count = all;
+    __syncthreads();
+  }
+  return count;
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+__device__ __forceinline__ int round_up_to(int n, int m) { return (n + m - 1) / m * m; }
+
+// Stores 4 consecutive outputs (16 bytes fp32, 8 bytes bf16; p aligned to that).
+__device__ __forceinline__ void store4(float* p, float a, float b, float c, float d) {
+  *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
+}
+__device__ __forceinline__ void store4(__nv_bfloat16* p, float a, float b, float c, float d) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+  uint2 u;
+  u.x = *reinterpret_cast<const uint32_t*>(&lo);
+  u.y = *reinterpret_cast<const uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(p) = u;
+}
+// Stores 2 consecutive outputs (8 bytes fp32, 4 bytes bf16; p aligned to that).
+__device__ __forceinline__ void store2(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
+__device__ __forceinline__ void store2(__nv_bfloat16* p, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+}
+
+// ---- fp32 FMA kernel ----
+// Copies the keys and values of visible slots [c0, c0 + n) into kvs (slot-major, 2S floats a
+// slot) and zeroes slots [n, n_pad). The caller synchronizes the block afterwards.
+__device__ void stage_f32(float* kvs, const int32_t* rows, const uint8_t* from, const Sources& src, int c0, int n,
+                          int n_pad, int S) {
+  const int row4 = S / 2;  // float4s in a slot's 2S values
+  for (int idx = threadIdx.x; idx < n_pad * row4; idx += blockDim.x) {
+    const int j = idx / row4, c4 = idx - j * row4;
+    float4* dst = reinterpret_cast<float4*>(kvs) + idx;
+    if (j < n)
+      cp_async16(dst, reinterpret_cast<const float4*>(src.kv[from[c0 + j]] + int64_t(rows[c0 + j]) * 2 * S) + c4);
+    else
+      *dst = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+  cp_async_wait_all();
+}
+
+// NJ staged slots [j0, j0 + NJ) for TB tokens of head h (kTail: slots ≥ n are padding). Scores
+// are in the log2 domain (q carries scale·log2 e).
+template <int DH, int TB, int NJ, bool kTail>
+__device__ __forceinline__ void read_tile(const float* kvs, int S, int h, int j0, int n, const float (&qv)[TB][DH],
+                                          float (&acc)[TB][DH], float (&mx)[TB], float (&sum)[TB]) {
+  float sc[TB][NJ];
+#pragma unroll
+  for (int jj = 0; jj < NJ; ++jj) {
+    // 16-byte shared loads: DH and S are multiples of 4, so every head's slice is aligned.
+    const float4* k4 = reinterpret_cast<const float4*>(kvs + (j0 + jj) * 2 * S + h * DH);
+    float a[TB];
+#pragma unroll
+    for (int t = 0; t < TB; ++t) a[t] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < DH / 4; ++i) {
+      const float4 k = k4[i];
+#pragma unroll
+      for (int t = 0; t < TB; ++t) {
+        a[t] = fmaf(qv[t][4 * i], k.x, a[t]);
+        a[t] = fmaf(qv[t][4 * i + 1], k.y, a[t]);
+        a[t] = fmaf(qv[t][4 * i + 2], k.z, a[t]);
+        a[t] = fmaf(qv[t][4 * i + 3], k.w, a[t]);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < TB; ++t) sc[t][jj] = (kTail && j0 + jj >= n) ? -INFINITY : a[t];
+  }
+#pragma unroll
+  for (int t = 0; t < TB; ++t) {
+    float tmax = sc[t][0];
+#pragma unroll
+    for (int jj = 1; jj < NJ; ++jj) tmax = fmaxf(tmax, sc[t][jj]);
+    if (tmax > mx[t]) {  // a tile holds at least one visible slot: tmax is finite
+      const float corr = detail::ex2(mx[t] - tmax);  // mx = −inf at first: corr = 0
+      sum[t] *= corr;
+#pragma unroll
+      for (int i = 0; i < DH; ++i) acc[t][i] *= corr;
+      mx[t] = tmax;
+    }
+  }
+#pragma unroll
+  for (int jj = 0; jj < NJ; ++jj) {
+    float p[TB];
+#pragma unroll
+    for (int t = 0; t < TB; ++t) {
+      p[t] = detail::ex2(sc[t][jj] - mx[t]);  // −inf → 0
+      sum[t] += p[t];
+    }
+    const float4* v4 = reinterpret_cast<const float4*>(kvs + (j0 + jj) * 2 * S + S + h * DH);
+#pragma unroll
+    for (int i = 0; i < DH / 4; ++i) {
+      const float4 v = v4[i];
+#pragma unroll
+      for (int t = 0; t < TB; ++t) {
+        acc[t][4 * i] = fmaf(p[t], v.x, acc[t][4 * i]);
+        acc[t][4 * i + 1] = fmaf(p[t], v.y, acc[t][4 * i + 1]);
+        acc[t][4 * i + 2] = fmaf(p[t], v.z, acc[t][4 * i + 2]);
+        acc[t][4 * i + 3] = fmaf(p[t], v.w, acc[t][4 * i + 3]);
+      }
+    }
+  }
+}
+
+// cap: slots the dynamic shared memory holds (a multiple of NJ). A segment with at most cap
+// visible slots stages them once; otherwise they stream through in chunks of cap, again for
+// each batch of the block's (token group, head) pairs.
+template <int DH, int TB, int NJ, int MINB, typename OutT>
+__global__ void __launch_bounds__(kReadThreads, MINB)
+pool_read_kernel(OutT* __restrict__ o, const float* __restrict__ q, int64_t ldq, Sources src, int nsrc,
+                 Segments segs, int B, int T, int K, int H, int cap) {
+  extern __shared__ float4 kv_storage[];  // cap × 2S floats
+  float* kvs = reinterpret_cast<float*>(kv_storage);
+  __shared__ int32_t rows[kReadVisibleMax];
+  __shared__ uint8_t from[kReadVisibleMax];
   const int S = H * DH;
   const int64_t seg = blockIdx.x;
   const int b = blockIdx.y;
-  const int t0 = segs.t0[seg], t1 = segs.t1[seg];
-  const int pairs = (t1 - t0) * H;
-  const int total_slots = nsrc * K;
-  const int ntiles = (total_slots + kTile - 1) / kTile;
-  const int cap = resident ? ntiles * kTile : kTile;
-  float* valids = tiles + cap * 2 * S;
-  const float scale = rsqrtf(float(DH));
-  // Stages tile ti into its place: the slot rows first (one lookup per slot), then their keys
-  // and values as float4.
-  auto stage = [&](int ti) {
-    const int p0 = ti * kTile;
-    float* tile = resident ? tiles + p0 * 2 * S : tiles;
-    float* valid = resident ? valids + p0 : valids;
+  const int t0 = segs.t0[seg], L = segs.t1[seg] - t0;
+  if (L <= 0) return;
+  const int nvis = list_visible(rows, from, src, nsrc, seg, b, B, K);
+  const bool resident = nvis <= cap;
+  if (resident) {
+    stage_f32(kvs, rows, from, src, 0, nvis, round_up_to(nvis, NJ), S);
     __syncthreads();
-    if (threadIdx.x < kTile) {
-      const int p = p0 + threadIdx.x;
-      int32_t r = -1;
-      if (p < total_slots) r = src.snap[p / K][(seg * B + b) * K + p % K];
-      rows[threadIdx.x] = r;
-      from[threadIdx.x] = p < total_slots ? p / K : 0;
-      valid[threadIdx.x] = r >= 0 ? 1.0f : 0.0f;
-    }
-    __syncthreads();
-    const int row4 = S / 2;  // float4s in a slot's 2S values
-    for (int idx = threadIdx.x; idx < kTile * row4; idx += blockDim.x) {
-      const int slot = idx / row4, c4 = idx - slot * row4;
-      const int32_t r = rows[slot];
-      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (r >= 0) v = reinterpret_cast<const float4*>(src.kv[from[slot]] + int64_t(r) * 2 * S)[c4];
-      reinterpret_cast<float4*>(tile)[idx] = v;
-    }
-    __syncthreads();
-  };
-  if (resident)
-    for (int ti = 0; ti < ntiles; ++ti) stage(ti);
+  }
+  // Token groups per head, a multiple of 32 so a warp shares one head: thread (h, g) takes the
+  // tokens g, g + G, ..., g + (TB−1)·G of the segment.
+  const int G = round_up_to((L + TB - 1) / TB, 32);
+  const int pairs = H * G;
+  const float qscale = rsqrtf(float(DH)) * kLog2e;
+  const bool qvec = ((reinterpret_cast<uintptr_t>(q) | uintptr_t(ldq * 4)) & 15) == 0;
+  const bool ovec = (reinterpret_cast<uintptr_t>(o) & 15) == 0;
   for (int pair0 = 0; pair0 < pairs; pair0 += blockDim.x) {
     const int pair = pair0 + threadIdx.x;
-    const bool active = pair < pairs;
-    // Consecutive threads take consecutive tokens of one head, so a warp reads one key row.
-    const int h = active ? pair / (t1 - t0) : 0;
-    const int t = active ? t0 + pair % (t1 - t0) : t0;
-    const int64_t row = int64_t(b) * T + t;
-    float qv[DH], acc[DH];
+    const int h = pair < pairs ? pair / G : 0;
+    const int g = pair - (pair / G) * G;
+    float qv[TB][DH], acc[TB][DH], mx[TB], sum[TB];
 #pragma unroll
-    for (int i = 0; i < DH; ++i) {
-      qv[i] = active ? q[row * ldq + h * DH + i] * scale : 0.0f;
-      acc[i] = 0.0f;
-    }
-    float mx = -INFINITY, sum = 0.0f;
-    for (int ti = 0; ti < ntiles; ++ti) {
-      if (!resident) stage(ti);
-      const float* tile = resident ? tiles + ti * kTile * 2 * S : tiles;
-      const float* valid = resident ? valids + ti * kTile : valids;
-      float sc[kTile];
-      float tmax = -INFINITY;
-#pragma unroll
-      for (int j = 0; j < kTile; ++j) {
-        // 16-byte shared loads: DH and S are multiples of 4, so every head's slice is aligned.
-        const float4* k4 = reinterpret_cast<const float4*>(tile + j * 2 * S + h * DH);
-        float a = 0.0f;
+    for (int t = 0; t < TB; ++t) {
+      const int tok = g + t * G;
+      const bool active = pair < pairs && tok < L;
+      const float* qr = q + (int64_t(b) * T + t0 + (active ? tok : 0)) * ldq + h * DH;
+      if (qvec) {
 #pragma unroll
         for (int i = 0; i < DH / 4; ++i) {
-          const float4 k = k4[i];
-          a += qv[4 * i] * k.x + qv[4 * i + 1] * k.y + qv[4 * i + 2] * k.z + qv[4 * i + 3] * k.w;
+          const float4 v = active ? reinterpret_cast<const float4*>(qr)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          qv[t][4 * i] = v.x * qscale;
+          qv[t][4 * i + 1] = v.y * qscale;
+          qv[t][4 * i + 2] = v.z * qscale;
+          qv[t][4 * i + 3] = v.w * qscale;
         }
-        sc[j] = valid[j] != 0.0f ? a : -INFINITY;
-        tmax = fmaxf(tmax, sc[j]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < DH; ++i) qv[t][i] = active ? qr[i] * qscale : 0.0f;
       }
-      if (tmax == -INFINITY) continue;  // nothing visible in this tile
-      const float nmx = fmaxf(mx, tmax);
-      const float corr = __expf(mx - nmx);  // mx = −inf at first: corr = 0
-      sum *= corr;
 #pragma unroll
-      for (int i = 0; i < DH; ++i) acc[i] *= corr;
-#pragma unroll
-      for (int j = 0; j < kTile; ++j) {
-        const float w = __expf(sc[j] - nmx);  // −inf → 0
-        sum += w;
-        const float4* v4 = reinterpret_cast<const float4*>(tile + j * 2 * S + S + h * DH);
-#pragma unroll
-        for (int i = 0; i < DH / 4; ++i) {
-          const float4 v = v4[i];
-          acc[4 * i] += w * v.x;
-          acc[4 * i + 1] += w * v.y;
-          acc[4 * i + 2] += w * v.z;
-          acc[4 * i + 3] += w * v.w;
-        }
-      }
-      mx = nmx;
+      for (int i = 0; i < DH; ++i) acc[t][i] = 0.0f;
+      mx[t] = -INFINITY;
+      sum[t] = 0.0f;
     }
-    if (active) {
-      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    for (int c0 = 0; c0 < nvis; c0 += cap) {  // one pass when resident
+      const int n = min(cap, nvis - c0);
+      if (!resident) {
+        __syncthreads();  // the previous chunk is read
+        stage_f32(kvs, rows, from, src, c0, n, round_up_to(n, NJ), S);
+        __syncthreads();
+      }
+      int j0 = 0;
+      for (; j0 + NJ <= n; j0 += NJ) read_tile<DH, TB, NJ, false>(kvs, S, h, j0, n, qv, acc, mx, sum);
+      if (j0 < n) read_tile<DH, TB, NJ, true>(kvs, S, h, j0, n, qv, acc, mx, sum);
+    }
 #pragma unroll
-      for (int i = 0; i < DH; ++i) detail::store(o + row * S + h * DH + i, acc[i] * inv);
+    for (int t = 0; t < TB; ++t) {
+      const int tok = g + t * G;
+      if (pair >= pairs || tok >= L) continue;
+      const float inv = sum[t] > 0.0f ? 1.0f / sum[t] : 0.0f;  // no visible slot: o = 0
+      OutT* orow = o + (int64_t(b) * T + t0 + tok) * S + h * DH;
+      if (ovec) {
+#pragma unroll
+        for (int i = 0; i < DH / 4; ++i)
+          store4(orow + 4 * i, acc[t][4 * i] * inv, acc[t][4 * i + 1] * inv, acc[t][4 * i + 2] * inv,
+                 acc[t][4 * i + 3] * inv);
+      } else {
+#pragma unroll
+        for (int i = 0; i < DH; ++i) detail::store(orow + i, acc[t][i] * inv);
+      }
     }
   }
+}
+
+// ---- tensor-core kernel (d_h 16) ----
+__device__ __forceinline__ uint32_t pack_bf16(float lo_k, float hi_k) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo_k, hi_k);  // .x (low half) = lo_k
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+// (x0, x1) = hi + lo, both bf16x2.
+__device__ __forceinline__ void split_bf16(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+  const float2 f = __bfloat1622float2(h);
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = pack_bf16(x0 - f.x, x1 - f.y);
+}
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+constexpr int kMmaSlotTile = 32;  // slots per online-softmax step (4 score n-tiles, 2 P·V k-steps)
+
+// Shared memory: every visible slot's row lands by cp.async (all in flight at once) in a slot-major
+// row of RS = 4S + 8 bf16 (2S + 4 floats), then each warp splits rows in place into
+// [K hi | K lo | V hi | V lo] (S bf16 each; the 16-byte pad keeps ldmatrix's 8 rows on distinct
+// banks). Each warp loads the next task's q while it computes the current one.
+template <int THREADS, int MINB, typename OutT>
+__global__ void __launch_bounds__(THREADS, MINB)
+pool_read_mma_kernel(OutT* __restrict__ o, const float* __restrict__ q, int64_t ldq, Sources src, int nsrc,
+                      Segments segs, int B, int T, int K, int H) {
+  constexpr int DH = 16;
+  extern __shared__ float4 kv_storage[];
+  __shared__ int32_t rows[kReadVisibleMax];
+  __shared__ uint8_t from[kReadVisibleMax];
+  const int S = H * DH, rsf = 2 * S + 4, RS = 2 * rsf;
+  float* kvf = reinterpret_cast<float*>(kv_storage);
+  const __nv_bfloat16* kvb = reinterpret_cast<const __nv_bfloat16*>(kv_storage);
+  const int64_t seg = blockIdx.x;
+  const int b = blockIdx.y;
+  const int t0 = segs.t0[seg], L = segs.t1[seg] - t0;
+  if (L <= 0) return;
+  const int nvis = list_visible(rows, from, src, nsrc, seg, b, B, K);
+  const int npad = round_up_to(nvis, kMmaSlotTile);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = THREADS / 32;
+  {
+    const int row4 = S / 2;  // float4s in a slot's 2S values
+    for (int idx = threadIdx.x; idx < npad * row4; idx += THREADS) {
+      const int j = idx / row4, c4 = idx - j * row4;
+      float4* dst = reinterpret_cast<float4*>(kvf + j * rsf) + c4;
+      if (j < nvis)
+        cp_async16(dst, reinterpret_cast<const float4*>(src.kv[from[j]] + int64_t(rows[j]) * 2 * S) + c4);
+      else
+        *dst = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    // In place: a warp reads a whole row (S ≤ 256: at most 4 float4s a lane), then writes it split.
+    for (int j = warp; j < npad; j += nwarps) {
+      const float4* r4 = reinterpret_cast<const float4*>(kvf + j * rsf);
+      float4 v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+        if (lane + 32 * u < row4) v[u] = r4[lane + 32 * u];
+      __syncwarp();
+      __nv_bfloat16* rb = reinterpret_cast<__nv_bfloat16*>(kvf + j * rsf);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = lane + 32 * u;
+        if (i >= row4) continue;
+        const int c = 4 * i;
+        uint2 hi, lo;
+        split_bf16(v[u].x, v[u].y, hi.x, lo.x);
+        split_bf16(v[u].z, v[u].w, hi.y, lo.y);
+        const int at = c < S ? c : S + c;  // keys: hi at c, lo at S + c; values (c = S + d): 2S + d, 3S + d
+        *reinterpret_cast<uint2*>(rb + at) = hi;
+        *reinterpret_cast<uint2*>(rb + at + S) = lo;
+      }
+      __syncwarp();
+    }
+  }
+  __syncthreads();
+  const int g = lane >> 2, tq = lane & 3;
+  const float qscale = rsqrtf(float(DH)) * kLog2e;
+  const bool qvec = ((reinterpret_cast<uintptr_t>(q) | uintptr_t(ldq * 4)) & 7) == 0;
+  const bool ovec = (reinterpret_cast<uintptr_t>(o) & 7) == 0;
+  const int ntok = (L + 15) / 16, ntasks = ntok * H;
+  const int mi = lane >> 3, mr = lane & 7;
+  const int k_off = ((mi >> 1) * 8 + mr) * RS + (mi & 1) * 8;  // K: slots +0/+8, dims +0/+8
+  const int v_off = ((mi & 1) * 8 + mr) * RS + (mi >> 1) * 8;  // V: slots +0/+8, dims +0/+8
+  // q of a task's rows r0 = 16·tt + g and r1 = r0 + 8, dims 2tq, 2tq+1, 2tq+8, 2tq+9 (raw).
+  auto load_q = [&](int task, float2 (&x)[2][2]) {
+    const int h = task / ntok, tt = task - h * ntok;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const int r = tt * 16 + g + 8 * rr;
+      x[rr][0] = x[rr][1] = make_float2(0.0f, 0.0f);
+      if (r < L) {
+        const float* qr = q + (int64_t(b) * T + t0 + r) * ldq + h * DH + 2 * tq;
+        if (qvec) {
+          x[rr][0] = *reinterpret_cast<const float2*>(qr);
+          x[rr][1] = *reinterpret_cast<const float2*>(qr + 8);
+        } else {
+          x[rr][0] = make_float2(qr[0], qr[1]);
+          x[rr][1] = make_float2(qr[8], qr[9]);
+        }
+      }
+    }
+  };
+  float2 xq[2][2];
+  if (warp < ntasks) load_q(warp, xq);
+  for (int task = warp; task < ntasks; task += nwarps) {
+    const int h = task / ntok, tt = task - h * ntok;
+    const int r0 = tt * 16 + g, r1 = r0 + 8;
+    uint32_t qh[4], ql[4];
+    split_bf16(xq[0][0].x * qscale, xq[0][0].y * qscale, qh[0], ql[0]);
+    split_bf16(xq[1][0].x * qscale, xq[1][0].y * qscale, qh[1], ql[1]);
+    split_bf16(xq[0][1].x * qscale, xq[0][1].y * qscale, qh[2], ql[2]);
+    split_bf16(xq[1][1].x * qscale, xq[1][1].y * qscale, qh[3], ql[3]);
+    if (task + nwarps < ntasks) load_q(task + nwarps, xq);  // in flight while this task computes
+    float acc[2][4] = {};  // O: dims 0-7 / 8-15; (r0, 2tq), (r0, 2tq+1), (r1, 2tq), (r1, 2tq+1)
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    const __nv_bfloat16* kbase = kvb + h * DH + k_off;
+    const __nv_bfloat16* vbase = kvb + 2 * S + h * DH + v_off;
+    for (int j0 = 0; j0 < nvis; j0 += kMmaSlotTile) {
+      float sc[4][4];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        uint32_t kh[4], kl[4];
+        const __nv_bfloat16* kp = kbase + (j0 + half * 16) * RS;
+        ldsm_x4(kh, kp);
+        ldsm_x4(kl, kp + S);
+#pragma unroll
+        for (int nn = 0; nn < 2; ++nn) {
+          float* c = sc[half * 2 + nn];
+          c[0] = c[1] = c[2] = c[3] = 0.0f;
+          mma_bf16(sc[half * 2 + nn], ql, kh[2 * nn], kh[2 * nn + 1]);
+          mma_bf16(sc[half * 2 + nn], qh, kl[2 * nn], kl[2 * nn + 1]);
+          mma_bf16(sc[half * 2 + nn], qh, kh[2 * nn], kh[2 * nn + 1]);
+        }
+      }
+      if (j0 + kMmaSlotTile > nvis) {
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          const int j = j0 + nt * 8 + 2 * tq;
+          if (j >= nvis) sc[nt][0] = sc[nt][2] = -INFINITY;
+          if (j + 1 >= nvis) sc[nt][1] = sc[nt][3] = -INFINITY;
+        }
+      }
+      float t0m = fmaxf(sc[0][0], sc[0][1]), t1m = fmaxf(sc[0][2], sc[0][3]);
+#pragma unroll
+      for (int nt = 1; nt < 4; ++nt) {
+        t0m = fmaxf(t0m, fmaxf(sc[nt][0], sc[nt][1]));
+        t1m = fmaxf(t1m, fmaxf(sc[nt][2], sc[nt][3]));
+      }
+#pragma unroll
+      for (int x = 1; x <= 2; x <<= 1) {
+        t0m = fmaxf(t0m, __shfl_xor_sync(0xffffffffu, t0m, x));
+        t1m = fmaxf(t1m, __shfl_xor_sync(0xffffffffu, t1m, x));
+      }
+      t0m = fmaxf(m0, t0m);
+      t1m = fmaxf(m1, t1m);
+      {
+        const float c0 = detail::ex2(m0 - t0m), c1 = detail::ex2(m1 - t1m);
+        l0 *= c0;
+        l1 *= c1;
+#pragma unroll
+        for (int dn = 0; dn < 2; ++dn) {
+          acc[dn][0] *= c0;
+          acc[dn][1] *= c0;
+          acc[dn][2] *= c1;
+          acc[dn][3] *= c1;
+        }
+        m0 = t0m;
+        m1 = t1m;
+      }
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        sc[nt][0] = detail::ex2(sc[nt][0] - m0);
+        sc[nt][1] = detail::ex2(sc[nt][1] - m0);
+        sc[nt][2] = detail::ex2(sc[nt][2] - m1);
+        sc[nt][3] = detail::ex2(sc[nt][3] - m1);
+        l0 += sc[nt][0] + sc[nt][1];
+        l1 += sc[nt][2] + sc[nt][3];
+      }
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+        uint32_t ph[4], pl[4];
+        split_bf16(sc[2 * kk][0], sc[2 * kk][1], ph[0], pl[0]);
+        split_bf16(sc[2 * kk][2], sc[2 * kk][3], ph[1], pl[1]);
+        split_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1], ph[2], pl[2]);
+        split_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3], ph[3], pl[3]);
+        uint32_t vh[4], vl[4];
+        const __nv_bfloat16* vp = vbase + (j0 + kk * 16) * RS;
+        ldsm_x4_trans(vh, vp);
+        ldsm_x4_trans(vl, vp + S);
+#pragma unroll
+        for (int dn = 0; dn < 2; ++dn) {
+          mma_bf16(acc[dn], pl, vh[2 * dn], vh[2 * dn + 1]);
+          mma_bf16(acc[dn], ph, vl[2 * dn], vl[2 * dn + 1]);
+          mma_bf16(acc[dn], ph, vh[2 * dn], vh[2 * dn + 1]);
+        }
+      }
+    }
+#pragma unroll
+    for (int x = 1; x <= 2; x <<= 1) {
+      l0 += __shfl_xor_sync(0xffffffffu, l0, x);
+      l1 += __shfl_xor_sync(0xffffffffu, l1, x);
+    }
+    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;  // none visible: 0
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const int r = rr ? r1 : r0;
+      if (r >= L) continue;
+      const float inv = rr ? i1 : i0;
+      OutT* orow = o + (int64_t(b) * T + t0 + r) * S + h * DH + 2 * tq;
+#pragma unroll
+      for (int dn = 0; dn < 2; ++dn) {
+        const float a = acc[dn][2 * rr] * inv, c = acc[dn][2 * rr + 1] * inv;
+        if (ovec) {
+          store2(orow + dn * 8, a, c);
+        } else {
+          detail::store(orow + dn * 8, a);
+          detail::store(orow + dn * 8 + 1, c);
+        }
+      }
+    }
+  }
+}
+
+template <typename Kern>
+void allow_smem(Kern kern, size_t smem) {
+  if (smem > 48 * 1024)
+    MM_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+}
+
+constexpr size_t kReadSmemMax = 200 * 1024;       // dynamic shared memory a read block asks for at most
+constexpr size_t kReadResidentMax = 160 * 1024;   // the FMA kernel keeps every slot resident up to this
+constexpr size_t kReadChunkBytes = 64 * 1024;     // else it streams chunks of about this size
+
+template <int DH, int TB, int MINB, typename OutT>
+void launch_read_fma(OutT* o, const float* q, int64_t ldq, const Sources& src, int nsrc, Segments segs,
+                     int64_t B, int64_t T, int64_t K, int64_t H) {
+  constexpr int NJ = 8;
+  const int64_t S = H * DH, slot_bytes = 2 * S * 4;
+  int64_t cap = (nsrc * K + NJ - 1) / NJ * NJ;
+  if (size_t(cap * slot_bytes) > kReadResidentMax) cap = std::max<int64_t>(NJ, int64_t(kReadChunkBytes) / slot_bytes / NJ * NJ);
+  const size_t smem = size_t(cap * slot_bytes);
+  require(smem <= kReadSmemMax, "pool_read: summary width " + std::to_string(S) + " too large for shared memory");
+  auto kern = pool_read_kernel<DH, TB, NJ, MINB, OutT>;
+  allow_smem(kern, smem);
+  kern<<<dim3(unsigned(segs.count), unsigned(B)), kReadThreads, smem>>>(o, q, ldq, src, nsrc, segs, int(B), int(T),
+                                                                       int(K), int(H), int(cap));
+  MM_CUDA_LAUNCH_CHECK("pool_read");
 }
 
 template <typename OutT>
 void launch_read(OutT* o, const float* q, int64_t ldq, const Sources& src, int nsrc, Segments segs,
                  int64_t B, int64_t T, int64_t K, int64_t H, int64_t dh) {
-  const int S = int(H * dh);
-  const int64_t ntiles = (nsrc * K + kTile - 1) / kTile;
-  const size_t resident_smem = (size_t(ntiles * kTile) * 2 * S + size_t(ntiles * kTile)) * sizeof(float);
-  const int resident = resident_smem <= 160 * 1024 ? 1 : 0;
-  const size_t smem = resident ? resident_smem : (size_t(kTile) * 2 * S + kTile) * sizeof(float);
-  dim3 grid(unsigned(segs.count), unsigned(B));
-  const int threads = 256;
-#define MM_READ(D)                                                                                  \
-  if (dh == D) {                                                                                    \
-    if (smem > 48 * 1024) {                                                                         \
-      MM_CUDA_CHECK(cudaFuncSetAttribute(pool_read_kernel<D, OutT>,                                \
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));  \
-    }                                                                                               \
-    pool_read_kernel<D, OutT><<<grid, threads, smem>>>(o, q, ldq, src, nsrc, segs, int(B), int(T), \
-                                                       int(K), int(H), resident);                   \
-    MM_CUDA_LAUNCH_CHECK("pool_read");                                                                      \
-    return;                                                                                         \
+  // d_h 16 on the tensor cores when every slot fits in shared memory (the tiny model's reads: 64
+  // and 256 slots); 512 threads when a block has the SM to itself (more than 128 slots).
+  if (dh == 16 && H <= 16) {
+    const int64_t cap = (nsrc * K + kMmaSlotTile - 1) / kMmaSlotTile * kMmaSlotTile;
+    const size_t smem = size_t(cap * (8 * H * 16 + 16));  // cap rows of 4S + 8 bf16
+    if (smem <= kReadSmemMax) {
+      const dim3 grid(unsigned(segs.count), unsigned(B));
+      if (cap > 128) {
+        auto kern = pool_read_mma_kernel<512, 1, OutT>;
+        allow_smem(kern, smem);
+        kern<<<grid, 512, smem>>>(o, q, ldq, src, nsrc, segs, int(B), int(T), int(K), int(H));
+      } else {
+        auto kern = pool_read_mma_kernel<256, 3, OutT>;
+        allow_smem(kern, smem);
+        kern<<<grid, 256, smem>>>(o, q, ldq, src, nsrc, segs, int(B), int(T), int(K), int(H));
+      }
+      MM_CUDA_LAUNCH_CHECK("pool_read (mma)");
+      return;
+    }
   }
-  MM_READ(4)
-  MM_READ(8)
-  MM_READ(16)
-  MM_READ(32)
-#undef MM_READ
+  switch (dh) {
+    case 4: return launch_read_fma<4, 4, 2>(o, q, ldq, src, nsrc, segs, B, T, K, H);
+    case 8: return launch_read_fma<8, 4, 1>(o, q, ldq, src, nsrc, segs, B, T, K, H);
+    case 16: return launch_read_fma<16, 2, 2>(o, q, ldq, src, nsrc, segs, B, T, K, H);
+    case 32: return launch_read_fma<32, 2, 1>(o, q, ldq, src, nsrc, segs, B, T, K, H);
+    default: break;
+  }
   require(false, "note head width " + std::to_string(dh) + " (supported: 4, 8, 16, 32)");
 }
 
@@ -408,7 +814,8 @@ void pool_read_forward(void* o, DType odt, const float* q, int64_t ldq, const Re
                        int nsources, Segments segs, int64_t B, int64_t T, int64_t K, int64_t H,
                        int64_t dh) {
   require(nsources >= 1 && nsources <= kMaxReadSources, "read sources " + std::to_string(nsources));
-  require(ldq >= H * dh && K > 0 && B > 0, "pool_read sizes");
+  require(ldq >= H * dh && K > 0 && B > 0 && H > 0, "pool_read sizes");
+  require(K <= kMaxSlots, "pool_slots " + std::to_string(K) + " (at most " + std::to_string(kMaxSlots) + ")");
   if (segs.count == 0) return;
   Sources src{};
   for (int i = 0; i < nsources; ++i) {
