@@ -18,7 +18,7 @@ const std::vector<Command>& commands() {
       {"embed", "one vector per sequence or region from a chosen layer (mean or last pooling; .npy or TSV)", embed_main},
       {"finetune", "train a sequence or variant classifier on a model (frozen or full) or a k-mer baseline", finetune_main},
       {"classify", "apply a fine-tuned classifier: TSV or VCF out, accuracy/MCC/F1/AUROC with labels", classify_main},
-      {"pretrain", "train a model on FASTA/BAM/CRAM (CPU), with held-out validation and a Markov reference", pretrain_main},
+      {"pretrain", "train a model on FASTA/BAM/CRAM (CPU, GPU or several GPUs), with held-out validation and a Markov reference", pretrain_main},
       {"info", "a checkpoint's config, parameter counts, provenance and model card", info_main},
       {"bench", "speed of the model and its kernels on this machine", bench_main},
   };

@@ -129,7 +129,7 @@ double MemMambaCudaTraining::forward_backward(const int32_t* tokens_host, const 
   const int64_t M = B * T, D = c.d_model, E = c.d_inner(), N = c.d_state, R = c.rank(), S = c.summary_dim,
                 K = c.pool_slots, V = c.vocab, XW = R + 2 * N, H = c.note_heads, dh = c.head_dim(),
                 k = c.d_conv;
-  const int L = c.n_layer, window = std::max(1, c.cross_layer_period);
+  const int L = c.n_layer;
   const float eps = float(c.rms_eps);
   const DType gd = I.gd;
   I.profile = profile;
@@ -314,7 +314,6 @@ double MemMambaCudaTraining::forward_backward(const int32_t* tokens_host, const 
     cuda::rmsnorm_backward(dx, true, I.G(li.note_norm), dv, inputs + size_t(l) * size_t(M * D), I.W(li.note_norm), M,
                            D, eps);
     I.tick("notes backward");
-    (void)window;
   }
   cuda::embedding_backward(I.G(table_.embedding()), I.tokens.data(), dx, M, D, V);
   std::vector<float> gh(I.layout.total);

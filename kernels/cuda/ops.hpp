@@ -1,4 +1,5 @@
-// The CUDA backend's ops (forward; the backward pass runs on the CPU backend for now).
+// The CUDA backend's forward ops and its runtime (device memory, timing, streams); the backward
+// ops of the training path are in backward.hpp.
 // Plain C++ declarations so that model/ calls them without including CUDA headers.
 // B batch, T length, M = B·T rows, D d_model, E d_inner, N d_state, S summary width.
 // Activations are fp32 in device memory; an op whose output feeds a matrix product can write it
