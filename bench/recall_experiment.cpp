@@ -20,6 +20,7 @@
 #include "io/error.hpp"
 #include "model/checkpoint.hpp"
 #include "model/config.hpp"
+#include "model/cuda_training.hpp"
 #include "model/memmamba.hpp"
 #include "model/trainer.hpp"
 #include "recall_task.hpp"
@@ -37,6 +38,7 @@ struct Args {
   double lr = 2e-3, min_lr_ratio = 0.1, clip = 1.0, weight_decay = 0.1;
   int64_t warmup = 50;
   bool notes = true;
+  bool cuda = false;  // training passes on the GPU (--device cuda); evaluation stays on the CPU
   std::string out, load;
   std::vector<std::pair<int64_t, int64_t>> eval{{256, 64}, {1024, 64}, {4096, 64}, {16384, 32}, {65536, 16}};
   int64_t eval_batch = 8;
@@ -49,7 +51,7 @@ struct Args {
                "recall_experiment: %s\n"
                "usage: recall_experiment [--lengths 256,1024,4096] [--steps 400,400,200] [--batch 8]\n"
                "  [--seed 1] [--lr 2e-3] [--warmup 50] [--min-lr-ratio 0.1] [--clip 1] [--wd 0.1]\n"
-               "  [--notes on|off] [--out CKPT] [--load CKPT]\n"
+               "  [--notes on|off] [--device cpu|cuda] [--out CKPT] [--load CKPT]\n"
                "  [--eval 256,1024,4096,16384:32,65536:16] (LEN or LEN:SEQUENCES, default 64 sequences)\n"
                "  [--eval-batch 8] [--piece 16384] [--print-every 25]\n",
                why.c_str());
@@ -114,6 +116,10 @@ Args parse(int argc, char** argv) {
       if (v == "on") a.notes = true;
       else if (v == "off") a.notes = false;
       else usage("--notes takes on or off");
+    } else if (f == "--device") {
+      const std::string d = val();
+      if (d == "cuda") a.cuda = true;
+      else if (d != "cpu") usage("--device takes cpu or cuda");
     } else if (f == "--out") a.out = val();
     else if (f == "--load") a.load = val();
     else if (f == "--eval") {
@@ -339,9 +345,9 @@ int main(int argc, char** argv) {
     }
     mm::MemMamba<float> model = init.empty() ? mm::MemMamba<float>(cfg, a.seed) : mm::MemMamba<float>(cfg, std::move(init));
     const int64_t total_steps = std::accumulate(a.steps.begin(), a.steps.end(), int64_t(0));
-    std::fprintf(stderr, "recall_experiment: notes %s, %zu parameters, %lld steps, batch %lld, lr %g, seed %llu\n",
+    std::fprintf(stderr, "recall_experiment: notes %s, %zu parameters, %lld steps, batch %lld, lr %g, seed %llu, training on %s\n",
                  cfg.notes ? "on" : "off", model.params().size(), (long long)total_steps,
-                 (long long)a.batch, a.lr, (unsigned long long)a.seed);
+                 (long long)a.batch, a.lr, (unsigned long long)a.seed, a.cuda ? "cuda" : "cpu");
 
     // ---- training: the length curriculum -----------------------------------------------------
     if (total_steps > 0) {
@@ -352,7 +358,7 @@ int main(int argc, char** argv) {
       tc.total_steps = total_steps;
       tc.weight_decay = a.weight_decay;
       tc.clip = a.clip;
-      mm::Trainer<float> trainer(model, tc);
+      mm::Trainer<float> trainer(model, tc, a.cuda ? mm::make_cuda_gradient_pass(cfg) : mm::GradientPass<float>{});
       std::mt19937_64 rng(a.seed * 0x9E3779B97F4A7C15ull + 1);
       int64_t step = 0;
       for (size_t stage = 0; stage < a.lengths.size(); ++stage) {
