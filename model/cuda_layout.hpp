@@ -4,6 +4,7 @@
 // ParamTable layout does not promise. A read's k weight is used as the first half of one [k; v]
 // matrix (one product gives a slot's key and value), so v follows k directly.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <string>
 #include <unordered_map>

@@ -10,6 +10,7 @@
 
 #include "io/error.hpp"
 #include "kernels/cuda/notes.hpp"
+#include "model/cuda_layout.hpp"
 
 namespace mm {
 
@@ -61,8 +62,7 @@ struct MemMambaCuda::Impl {
   DType dt;
   Buffer<float> w32;     // all parameters, fp32, each tensor starting on a 256-byte boundary
   Buffer<uint16_t> w16;  // the same in bf16 (the fast path's matrix operands)
-  // ParamTable offset → offset in w32/w16. cuBLASLt picks much slower kernels for operands that
-  // are not 16-byte aligned, which the packed ParamTable layout does not promise.
+  // ParamTable offset → offset in w32/w16 (model/cuda_layout.hpp says why and how).
   std::unordered_map<size_t, size_t> aligned;
   // Per layer: [summary; q (; cross q)] packed so one product writes m and the queries.
   std::vector<Buffer<float>> note_in32;
@@ -110,15 +110,9 @@ MemMambaCuda::MemMambaCuda(const Config& cfg, const std::vector<float>& params, 
   Impl& I = *impl_;
   I.c = cfg;
   I.dt = gemm;
-  std::vector<float> padded;
-  for (const auto& p : table_.entries()) {
-    I.aligned[p.offset] = padded.size();
-    padded.insert(padded.end(), params.begin() + long(p.offset), params.begin() + long(p.offset + p.size));
-    // 128 elements: 256 bytes in bf16. A read's k is used as the first half of one [k; v]
-    // matrix, so v must follow it directly.
-    const bool key = p.name.size() > 9 && p.name.compare(p.name.size() - 9, 9, ".k.weight") == 0;
-    if (!key) padded.resize((padded.size() + 127) / 128 * 128, 0.0f);
-  }
+  const DeviceLayout layout(table_);
+  I.aligned = layout.at;
+  const std::vector<float> padded = layout.pad(table_, params);
   I.w32 = Buffer<float>(padded.size());
   cuda::copy_to_device(I.w32.data(), padded.data(), padded.size() * sizeof(float));
   I.w16 = Buffer<uint16_t>(padded.size());
