@@ -8,6 +8,7 @@
 #include "model/memmamba.hpp"
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <stdexcept>
 
@@ -98,6 +99,17 @@ struct MemMamba<T>::Impl {
 
   static void layer_backward(MemMamba<T>& mdl, int l, T* dx, int64_t B, int64_t T_,
                              LayerActs<T>& A, std::vector<std::vector<T>>& dn);
+
+  // Embedding and every layer over a piece, continuing `state`: the residual stream (M×D) before
+  // the final norm.
+  static std::vector<T> forward_layers(MemMamba<T>& mdl, const int32_t* tokens, int64_t B, int64_t T_,
+                                       StreamState<T>& state, Taps<T>* taps);
+
+  // One training pass over whole sequences whose head is `head`: given the final hidden states
+  // (after the final norm) it fills their gradient and returns the loss. Then the final norm and
+  // every layer, each recomputed from its input, run backward into grads.
+  static double train_pass(MemMamba<T>& mdl, const int32_t* tokens, int64_t B, int64_t T_, Taps<T>* taps,
+                           const std::function<double(const T* hidden, T* d_hidden)>& head);
 
   static void read_backward(MemMamba<T>& mdl, int l, bool cross, T* dx, T* dv, const T* v,
                             int64_t B, int64_t T_, ReadActs<T>& R,
@@ -341,6 +353,26 @@ void MemMamba<T>::Impl::layer_backward(MemMamba<T>& mdl, int l, T* dx, int64_t B
 }
 
 template <typename T>
+std::vector<T> MemMamba<T>::Impl::forward_layers(MemMamba<T>& mdl, const int32_t* tokens, int64_t B,
+                                                 int64_t T_, StreamState<T>& state, Taps<T>* taps) {
+  const Config& c = mdl.cfg_;
+  if (state.batch != B) throw Error("stream state batch does not match the input");
+  if (taps) taps->layers.assign(size_t(c.n_layer), {});
+  std::vector<T> x(size_t(B * T_ * c.d_model));
+  cpu::embedding_forward(x.data(), tokens, at(mdl.params_, mdl.table_.embedding()), B * T_, int64_t(c.d_model));
+  std::vector<Snapshots<T>> snaps(size_t(c.n_layer));
+  LayerActs<T> acts;
+  for (int l = 0; l < c.n_layer; ++l) {
+    layer_forward(mdl, l, x.data(), B, T_, state.position, state.layers[size_t(l)], snaps, false, acts,
+                  taps ? &taps->layers[size_t(l)] : nullptr);
+    // Pools older than the cross-layer window are no longer read.
+    const int drop = l - std::max(c.cross_layer_period, 1) + 1;
+    if (drop >= 0) Snapshots<T>().swap(snaps[size_t(drop)]);
+  }
+  return x;
+}
+
+template <typename T>
 void MemMamba<T>::forward(const int32_t* tokens, int64_t B, int64_t T_, T* logits,
                           StreamState<T>* state, Taps<T>* taps) {
   const int64_t M = B * T_, D = cfg_.d_model, V = cfg_.vocab;
@@ -349,19 +381,7 @@ void MemMamba<T>::forward(const int32_t* tokens, int64_t B, int64_t T_, T* logit
     fresh = new_state(B);
     state = &fresh;
   }
-  if (state->batch != B) throw Error("stream state batch does not match the input");
-  if (taps) taps->layers.assign(size_t(cfg_.n_layer), {});
-  std::vector<T> x(size_t(M * D));
-  cpu::embedding_forward(x.data(), tokens, at(params_, table_.embedding()), M, D);
-  std::vector<Snapshots<T>> snaps(size_t(cfg_.n_layer));
-  LayerActs<T> acts;
-  for (int l = 0; l < cfg_.n_layer; ++l) {
-    Impl::layer_forward(*this, l, x.data(), B, T_, state->position, state->layers[size_t(l)], snaps,
-                        false, acts, taps ? &taps->layers[size_t(l)] : nullptr);
-    // Pools older than the cross-layer window are no longer read.
-    const int drop = l - std::max(cfg_.cross_layer_period, 1) + 1;
-    if (drop >= 0) Snapshots<T>().swap(snaps[size_t(drop)]);
-  }
+  const std::vector<T> x = Impl::forward_layers(*this, tokens, B, T_, *state, taps);
   std::vector<T> hf(size_t(M * D));
   cpu::rmsnorm_forward(hf.data(), (T*)nullptr, x.data(), at(params_, table_.norm_f()), M, D, cfg_.rms_eps);
   cpu::linear_forward(logits, V, hf.data(), D, at(params_, table_.embedding()), (const T*)nullptr, M, D, V);
@@ -369,52 +389,65 @@ void MemMamba<T>::forward(const int32_t* tokens, int64_t B, int64_t T_, T* logit
 }
 
 template <typename T>
-double MemMamba<T>::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t B,
-                                     int64_t T_, double scale, int64_t* counted, T* logits_out,
-                                     Taps<T>* taps) {
-  const int64_t M = B * T_, D = cfg_.d_model, V = cfg_.vocab, S = cfg_.summary_dim;
-  const int L = cfg_.n_layer;
-  StreamState<T> st = new_state(B);
+double MemMamba<T>::Impl::train_pass(MemMamba<T>& mdl, const int32_t* tokens, int64_t B, int64_t T_,
+                                     Taps<T>* taps, const std::function<double(const T*, T*)>& head) {
+  const Config& c = mdl.cfg_;
+  const int64_t M = B * T_, D = c.d_model, S = c.summary_dim;
+  const int L = c.n_layer;
+  StreamState<T> st = mdl.new_state(B);
   if (taps) taps->layers.assign(static_cast<size_t>(L), {});
   // Forward, keeping only each layer's input and the pools its segments read.
   std::vector<std::vector<T>> inputs(static_cast<size_t>(L));
   std::vector<Snapshots<T>> snaps(static_cast<size_t>(L));
   std::vector<T> x(size_t(M * D));
-  cpu::embedding_forward(x.data(), tokens, at(params_, table_.embedding()), M, D);
+  cpu::embedding_forward(x.data(), tokens, at(mdl.params_, mdl.table_.embedding()), M, D);
   {
     LayerActs<T> acts;
     for (int l = 0; l < L; ++l) {
       inputs[size_t(l)] = x;
-      Impl::layer_forward(*this, l, x.data(), B, T_, 0, st.layers[size_t(l)], snaps, false, acts,
-                          taps ? &taps->layers[size_t(l)] : nullptr);
+      layer_forward(mdl, l, x.data(), B, T_, 0, st.layers[size_t(l)], snaps, false, acts,
+                    taps ? &taps->layers[size_t(l)] : nullptr);
     }
   }
-  std::vector<T> hf(size_t(M * D)), rstd(static_cast<size_t>(M)), logits(size_t(M * V)), dlogits(size_t(M * V));
-  cpu::rmsnorm_forward(hf.data(), rstd.data(), x.data(), at(params_, table_.norm_f()), M, D, cfg_.rms_eps);
-  cpu::linear_forward(logits.data(), V, hf.data(), D, at(params_, table_.embedding()), (const T*)nullptr, M, D, V);
-  if (logits_out) std::copy(logits.begin(), logits.end(), logits_out);
-  const double loss = cpu::cross_entropy_forward_backward(dlogits.data(), counted, logits.data(), targets, M, V, scale);
+  std::vector<T> hf(size_t(M * D)), rstd(static_cast<size_t>(M)), dhf(size_t(M * D), T(0));
+  cpu::rmsnorm_forward(hf.data(), rstd.data(), x.data(), at(mdl.params_, mdl.table_.norm_f()), M, D, c.rms_eps);
+  const double loss = head(hf.data(), dhf.data());
 
-  // Backward: tied head, final norm, then each layer recomputed from its input.
-  std::vector<T> dhf(size_t(M * D), T(0)), dx(size_t(M * D), T(0));
-  cpu::linear_backward(dhf.data(), D, at(grads_, table_.embedding()), (T*)nullptr, dlogits.data(), V,
-                       hf.data(), D, at(params_, table_.embedding()), M, D, V);
-  cpu::rmsnorm_backward(dx.data(), at(grads_, table_.norm_f()), dhf.data(), x.data(),
-                        at(params_, table_.norm_f()), rstd.data(), M, D);
+  // Backward: final norm, then each layer recomputed from its input.
+  std::vector<T> dx(size_t(M * D), T(0));
+  cpu::rmsnorm_backward(dx.data(), at(mdl.grads_, mdl.table_.norm_f()), dhf.data(), x.data(),
+                        at(mdl.params_, mdl.table_.norm_f()), rstd.data(), M, D);
   std::vector<std::vector<T>> dn(static_cast<size_t>(L));
-  if (cfg_.notes)
+  if (c.notes)
     for (auto& d : dn) d.assign(size_t(M * S), T(0));
-  StreamState<T> scratch = new_state(B);
+  StreamState<T> scratch = mdl.new_state(B);
   for (int l = L - 1; l >= 0; --l) {
     LayerActs<T> acts;
     acts.x_in = inputs[size_t(l)];
     std::vector<T> xl = acts.x_in;
-    Impl::layer_forward(*this, l, xl.data(), B, T_, 0, scratch.layers[size_t(l)], snaps, true, acts, nullptr);
-    Impl::layer_backward(*this, l, dx.data(), B, T_, acts, dn);
+    layer_forward(mdl, l, xl.data(), B, T_, 0, scratch.layers[size_t(l)], snaps, true, acts, nullptr);
+    layer_backward(mdl, l, dx.data(), B, T_, acts, dn);
     std::vector<T>().swap(inputs[size_t(l)]);
   }
-  cpu::embedding_backward(at(grads_, table_.embedding()), tokens, dx.data(), M, D);
+  cpu::embedding_backward(at(mdl.grads_, mdl.table_.embedding()), tokens, dx.data(), M, D);
   return loss;
+}
+
+template <typename T>
+double MemMamba<T>::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t B,
+                                     int64_t T_, double scale, int64_t* counted, T* logits_out,
+                                     Taps<T>* taps) {
+  const int64_t M = B * T_, D = cfg_.d_model, V = cfg_.vocab;
+  // The tied LM head and the cross-entropy.
+  return Impl::train_pass(*this, tokens, B, T_, taps, [&](const T* hf, T* dhf) {
+    std::vector<T> logits(size_t(M * V)), dlogits(size_t(M * V));
+    cpu::linear_forward(logits.data(), V, hf, D, at(params_, table_.embedding()), (const T*)nullptr, M, D, V);
+    if (logits_out) std::copy(logits.begin(), logits.end(), logits_out);
+    const double loss = cpu::cross_entropy_forward_backward(dlogits.data(), counted, logits.data(), targets, M, V, scale);
+    cpu::linear_backward(dhf, D, at(grads_, table_.embedding()), (T*)nullptr, dlogits.data(), V, hf, D,
+                         at(params_, table_.embedding()), M, D, V);
+    return loss;
+  });
 }
 
 template <typename T>
@@ -426,17 +459,7 @@ void MemMamba<T>::forward_hidden(const int32_t* tokens, int64_t B, int64_t T_, T
     fresh = new_state(B);
     state = &fresh;
   }
-  if (state->batch != B) throw Error("stream state batch does not match the input");
-  std::vector<T> x(size_t(M * D));
-  cpu::embedding_forward(x.data(), tokens, at(params_, table_.embedding()), M, D);
-  std::vector<Snapshots<T>> snaps(size_t(cfg_.n_layer));
-  LayerActs<T> acts;
-  for (int l = 0; l < cfg_.n_layer; ++l) {
-    Impl::layer_forward(*this, l, x.data(), B, T_, state->position, state->layers[size_t(l)], snaps,
-                        false, acts, nullptr);
-    const int drop = l - std::max(cfg_.cross_layer_period, 1) + 1;
-    if (drop >= 0) Snapshots<T>().swap(snaps[size_t(drop)]);
-  }
+  const std::vector<T> x = Impl::forward_layers(*this, tokens, B, T_, *state, nullptr);
   cpu::rmsnorm_forward(hidden, (T*)nullptr, x.data(), at(params_, table_.norm_f()), M, D, cfg_.rms_eps);
   state->position += T_;
 }
@@ -445,43 +468,7 @@ template <typename T>
 double MemMamba<T>::forward_backward_hidden(
     const int32_t* tokens, int64_t B, int64_t T_,
     const std::function<double(const T* hidden, T* d_hidden)>& loss_grad) {
-  const int64_t M = B * T_, D = cfg_.d_model, S = cfg_.summary_dim;
-  const int L = cfg_.n_layer;
-  StreamState<T> st = new_state(B);
-  // Forward, keeping only each layer's input and the pools its segments read.
-  std::vector<std::vector<T>> inputs(static_cast<size_t>(L));
-  std::vector<Snapshots<T>> snaps(static_cast<size_t>(L));
-  std::vector<T> x(size_t(M * D));
-  cpu::embedding_forward(x.data(), tokens, at(params_, table_.embedding()), M, D);
-  {
-    LayerActs<T> acts;
-    for (int l = 0; l < L; ++l) {
-      inputs[size_t(l)] = x;
-      Impl::layer_forward(*this, l, x.data(), B, T_, 0, st.layers[size_t(l)], snaps, false, acts, nullptr);
-    }
-  }
-  std::vector<T> hf(size_t(M * D)), rstd(static_cast<size_t>(M)), dhf(size_t(M * D), T(0));
-  cpu::rmsnorm_forward(hf.data(), rstd.data(), x.data(), at(params_, table_.norm_f()), M, D, cfg_.rms_eps);
-  const double loss = loss_grad(hf.data(), dhf.data());
-
-  // Backward: final norm, then each layer recomputed from its input.
-  std::vector<T> dx(size_t(M * D), T(0));
-  cpu::rmsnorm_backward(dx.data(), at(grads_, table_.norm_f()), dhf.data(), x.data(),
-                        at(params_, table_.norm_f()), rstd.data(), M, D);
-  std::vector<std::vector<T>> dn(static_cast<size_t>(L));
-  if (cfg_.notes)
-    for (auto& d : dn) d.assign(size_t(M * S), T(0));
-  StreamState<T> scratch = new_state(B);
-  for (int l = L - 1; l >= 0; --l) {
-    LayerActs<T> acts;
-    acts.x_in = inputs[size_t(l)];
-    std::vector<T> xl = acts.x_in;
-    Impl::layer_forward(*this, l, xl.data(), B, T_, 0, scratch.layers[size_t(l)], snaps, true, acts, nullptr);
-    Impl::layer_backward(*this, l, dx.data(), B, T_, acts, dn);
-    std::vector<T>().swap(inputs[size_t(l)]);
-  }
-  cpu::embedding_backward(at(grads_, table_.embedding()), tokens, dx.data(), M, D);
-  return loss;
+  return Impl::train_pass(*this, tokens, B, T_, nullptr, loss_grad);
 }
 
 template <typename T>
