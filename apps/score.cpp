@@ -12,9 +12,8 @@
 #include "apps/cli.hpp"
 #include "apps/commands.hpp"
 #include "apps/model_path.hpp"
+#include "apps/stream_model_cli.hpp"
 #include "memmamba/version.hpp"
-#include "model/checkpoint.hpp"
-#include "model/stream_model.hpp"
 #include "pipelines/score.hpp"
 
 namespace mm::cli {
@@ -107,11 +106,7 @@ int score_main(int argc, char** argv) {
     if (o.piece <= 0) throw UsageError("--piece wants a positive number of bases");
     const long threads = args.get_int("threads");
     if (threads < 0) throw UsageError("-@/--threads wants a number >= 0");
-    std::string dev = args.get("device");
-    if (dev != "auto" && dev != "cpu" && dev != "cuda") throw UsageError("--device wants auto, cpu or cuda, got '" + dev + "'");
-    if (dev == "auto") dev = cuda_stream_model_available() ? "cuda" : "cpu";
-    if (dev == "cuda" && !cuda_stream_model_available())
-      throw UsageError("--device cuda: no CUDA device here, or this build has no CUDA backend");
+    const std::string dev = stream_device(args);
     // The GPU wants long pieces; results do not depend on the piece length.
     if (dev == "cuda" && !args.has("piece")) o.piece = int64_t(1) << 20;
 
@@ -121,23 +116,15 @@ int score_main(int argc, char** argv) {
                                                     static_cast<size_t>(threads));
 
     const Reporter rep = stderr_reporter("score", args.flag("quiet"));
-    const std::string model_path = resolve_model_path(args.has("model") ? args.get("model") : "");
-    Checkpoint ckpt = load_checkpoint(model_path);
-    std::unique_ptr<MemMamba<float>> cpu_model;
-    std::unique_ptr<StreamModel> stream;
-    if (dev == "cuda") {
-      stream = make_cuda_stream_model(ckpt.config, ckpt.params);
-    } else {
-      cpu_model = std::make_unique<MemMamba<float>>(ckpt.config, std::move(ckpt.params));
-      stream = std::make_unique<CpuStreamModel>(*cpu_model);
-    }
+    const OpenedModel opened = open_stream_model(args, dev);
+    const std::string& model_path = opened.path;
     rep.say("device: " + dev);
     o.version = kVersion;
     o.command_line = command_line(argc, argv);
     o.model = model_path;
 
     const auto t0 = std::chrono::steady_clock::now();
-    const auto stats = pipelines::score(*stream, o, rep);
+    const auto stats = pipelines::score(*opened.stream, o, rep);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     char line[256];
     std::snprintf(line, sizeof line,

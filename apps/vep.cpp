@@ -13,9 +13,8 @@
 #include "apps/cli.hpp"
 #include "apps/commands.hpp"
 #include "apps/model_path.hpp"
+#include "apps/stream_model_cli.hpp"
 #include "memmamba/version.hpp"
-#include "model/checkpoint.hpp"
-#include "model/stream_model.hpp"
 #include "pipelines/vep.hpp"
 
 // OpenBLAS's own thread pool: vep runs records in parallel (TBB), and the model's products are
@@ -138,11 +137,7 @@ int vep_main(int argc, char** argv) {
     if (o.batch <= 0) throw UsageError("--batch wants a positive number of records");
     const long threads = args.get_int("threads");
     if (threads < 0) throw UsageError("-@/--threads wants a number >= 0");
-    std::string dev = args.get("device");
-    if (dev != "auto" && dev != "cpu" && dev != "cuda") throw UsageError("--device wants auto, cpu or cuda, got '" + dev + "'");
-    if (dev == "auto") dev = cuda_stream_model_available() ? "cuda" : "cpu";
-    if (dev == "cuda" && !cuda_stream_model_available())
-      throw UsageError("--device cuda: no CUDA device here, or this build has no CUDA backend");
+    const std::string dev = stream_device(args);
     // The GPU wants long pieces (the stream mode's pass between sparse variants); results do not
     // depend on the piece length.
     if (dev == "cuda") o.piece = int64_t(1) << 20;
@@ -162,23 +157,15 @@ int vep_main(int argc, char** argv) {
         std::fprintf(stderr, "\r%.0f %.*s", done, static_cast<int>(unit.size()), unit.data());
         std::fflush(stderr);
       };
-    const std::string model_path = resolve_model_path(args.has("model") ? args.get("model") : "");
-    Checkpoint ckpt = load_checkpoint(model_path);
-    std::unique_ptr<MemMamba<float>> cpu_model;
-    std::unique_ptr<StreamModel> model;
-    if (dev == "cuda") {
-      model = make_cuda_stream_model(ckpt.config, ckpt.params);
-    } else {
-      cpu_model = std::make_unique<MemMamba<float>>(ckpt.config, std::move(ckpt.params));
-      model = std::make_unique<CpuStreamModel>(*cpu_model);
-    }
+    const OpenedModel opened = open_stream_model(args, dev);
+    const std::string& model_path = opened.path;
     rep.say("device: " + dev + ", mode: " + (o.mode == pipelines::VepMode::stream ? "stream" : "window"));
     o.version = kVersion;
     o.model_path = model_path;
     o.command_line = command_line(argc, argv);
 
     const auto t0 = std::chrono::steady_clock::now();
-    const auto st = pipelines::vep(*model, o, rep);
+    const auto st = pipelines::vep(*opened.stream, o, rep);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (rep.progress) std::fputc('\n', stderr);
     char line[320];
