@@ -105,6 +105,37 @@ cu::Buffer<uint16_t> bf16_of(const Vec& v) {
   return b;
 }
 
+// The values of a bf16 device buffer, as fp32 on the host.
+Vec values_of(const cu::Buffer<uint16_t>& b) {
+  std::vector<uint16_t> h(b.size());
+  cu::copy_to_host(h.data(), b.data(), h.size() * 2);
+  Vec v(h.size());
+  for (size_t i = 0; i < h.size(); ++i) {
+    const uint32_t bits = uint32_t(h[i]) << 16;
+    std::memcpy(&v[i], &bits, 4);
+  }
+  return v;
+}
+
+// v rounded to bf16 (through the device's own conversion): the values a bf16 input holds.
+Vec bf16_rounded(const Vec& v) { return values_of(bf16_of(v)); }
+
+// An input of either dtype on the device (bf16: the caller passes values already rounded).
+struct In {
+  DType dt;
+  cu::Buffer<float> f32;
+  cu::Buffer<uint16_t> b16;
+  In(DType t, const Vec& v) : dt(t) {
+    if (t == DType::f32) {
+      f32 = cu::Buffer<float>(v.size());
+      cu::copy_to_device(f32.data(), v.data(), v.size() * 4);
+    } else {
+      b16 = bf16_of(v);
+    }
+  }
+  void* p() { return dt == DType::f32 ? static_cast<void*>(f32.data()) : static_cast<void*>(b16.data()); }
+};
+
 // Columns [0, w) of each of `rows` rows of stride ld.
 Vec cols(const Vec& v, int64_t rows, int64_t ld, int64_t w) {
   Vec r(size_t(rows * w));
@@ -159,6 +190,28 @@ std::vector<Err> linear_case(Rng& rng, DType dt, int64_t M, int64_t I, int64_t O
   return {{"out", mmtest::rel_error(cols(got, M, ld_out, O), cols(ref, M, ld_out, O)), tol_for(dt)}};
 }
 
+// bf16 inputs written as bf16 (the gate and output products of the note reads). When
+// accumulating, the previous contents are bf16 too, and the twin adds their bf16 values.
+std::vector<Err> linear_bf16_out_case(Rng& rng, int64_t M, int64_t I, int64_t O, int64_t ld_out, bool bias,
+                                      bool accumulate) {
+  Vec in = rng.uniform(size_t(M * I), -1, 1), W = rng.uniform(size_t(O * I), -0.5f, 0.5f);
+  Vec b = rng.uniform(size_t(O), -1, 1);
+  auto prev16 = bf16_of(rng.uniform(size_t(M * ld_out), -1, 1));
+  const Vec prev = values_of(prev16);
+  Vec ref(size_t(M * ld_out), 0.f);
+  mm::cpu::linear_forward<float>(ref.data(), ld_out, in.data(), I, W.data(), bias ? b.data() : nullptr, M, I, O);
+  if (accumulate)
+    for (size_t i = 0; i < ref.size(); ++i) ref[i] += prev[i];
+  auto din = bf16_of(in), dW = bf16_of(W);
+  Dev db(b);
+  Out out(DType::bf16, size_t(M * ld_out));
+  if (accumulate) cu::copy_device(out.p(), prev16.data(), prev16.size() * 2);
+  cu::linear_forward(out.p(), ld_out, din.data(), I, dW.data(), bias ? db.p() : nullptr, M, I, O, DType::bf16,
+                     accumulate, DType::bf16);
+  cu::synchronize();
+  return {{"out", mmtest::rel_error(cols(out.get(), M, ld_out, O), cols(ref, M, ld_out, O)), tol_for(DType::bf16)}};
+}
+
 // ---- rmsnorm (+ fused note score) ------------------------------------------------------------
 std::vector<Err> rmsnorm_case(Rng& rng, DType dt, int64_t M, int64_t D, bool score) {
   Vec x = rng.uniform(size_t(M * D), -2, 2), w = rng.uniform(size_t(D), 0.5f, 1.5f);
@@ -186,6 +239,7 @@ std::vector<Err> conv_case(Rng& rng, DType dt, int64_t B, int64_t T, int64_t E, 
                            int64_t lda, std::vector<int64_t> pieces) {
   Vec a = rng.uniform(size_t(B * T * lda), -1.5f, 1.5f), w = rng.uniform(size_t(E * k), -0.7f, 0.7f);
   Vec bias = rng.uniform(size_t(E), -0.3f, 0.3f), tail0 = rng.uniform(size_t(B * (k - 1) * E), -1, 1);
+  if (dt == DType::bf16) a = bf16_rounded(a);  // the input is in the output's dtype
   // CPU twin, one piece.
   Vec ref(size_t(B * T * E)), tail_ref = tail0;
   mm::cpu::conv1d_silu_forward<float>(ref.data(), nullptr, tail_ref.data(), a.data(), lda, w.data(),
@@ -198,7 +252,8 @@ std::vector<Err> conv_case(Rng& rng, DType dt, int64_t B, int64_t T, int64_t E, 
     Vec ap(size_t(B * len * lda));
     for (int64_t b = 0; b < B; ++b)
       std::memcpy(&ap[size_t(b * len * lda)], &a[size_t((b * T + t0) * lda)], size_t(len * lda) * 4);
-    Dev da(ap), o32(size_t(B * len * E));
+    In da(dt, ap);
+    Dev o32(size_t(B * len * E));
     o32.poison();
     Out o(dt, size_t(B * len * E));
     cu::conv1d_silu_forward(o.p(), dt, o32.p(), dtail.p(), da.p(), lda, dw.p(), db.p(), B, len, E, k);
@@ -368,6 +423,31 @@ std::vector<Err> gated_residual_case(Rng& rng, int64_t M, int64_t D) {
   cu::gated_residual_forward(dx.p(), dg.p(), dc.p(), M, D);
   cu::synchronize();
   return {{"x", mmtest::rel_error(dx.get(), ref), 1e-4}};
+}
+
+// The note reads' gated residuals fused into the mixer's norm. CPU twin: gated_residual for
+// each read in order (on the bf16 values when gdt is bf16), then rmsnorm.
+std::vector<Err> residual_rmsnorm_case(Rng& rng, DType ydt, DType gdt, int nres, int64_t M, int64_t D) {
+  Vec x = rng.uniform(size_t(M * D), -2, 2), w = rng.uniform(size_t(D), 0.5f, 1.5f);
+  std::vector<Vec> g, c;
+  std::vector<In> dg, dc;
+  for (int i = 0; i < nres; ++i) {
+    g.push_back(rng.uniform(size_t(M * D), -4, 4));
+    c.push_back(rng.uniform(size_t(M * D), -1, 1));
+    if (gdt == DType::bf16) g.back() = bf16_rounded(g.back()), c.back() = bf16_rounded(c.back());
+  }
+  for (int i = 0; i < nres; ++i) dg.emplace_back(gdt, g[size_t(i)]), dc.emplace_back(gdt, c[size_t(i)]);
+  Vec x_ref = x, y_ref(size_t(M * D));
+  for (int i = 0; i < nres; ++i)
+    mm::cpu::gated_residual_forward<float>(x_ref.data(), g[size_t(i)].data(), c[size_t(i)].data(), M, D);
+  mm::cpu::rmsnorm_forward<float>(y_ref.data(), nullptr, x_ref.data(), w.data(), M, D, 1e-5);
+  Dev dx(x), dw(w);
+  Out y(ydt, size_t(M * D));
+  const void* gp[2] = {dg[0].p(), nres > 1 ? dg[1].p() : nullptr};
+  const void* cp[2] = {dc[0].p(), nres > 1 ? dc[1].p() : nullptr};
+  cu::gated_residual_rmsnorm_forward(y.p(), ydt, dx.p(), gp, cp, nres, gdt, dw.p(), M, D, 1e-5f);
+  cu::synchronize();
+  return {{"x", mmtest::rel_error(dx.get(), x_ref), 1e-4}, {"y", mmtest::rel_error(y.get(), y_ref), tol_for(ydt)}};
 }
 
 // ---- backward ops (the training path) ------------------------------------------------------------
@@ -697,6 +777,12 @@ const bool registered = [] {
   t.push_back({"embedding_M1000_D256_V8", [](Rng& r) { return embedding_case(r, 1000, 256, 8); }});
   t.push_back({"gated_residual_Small_M33_D100", [](Rng& r) { return gated_residual_case(r, 33, 100); }});
   t.push_back({"gated_residual_M1000_D256", [](Rng& r) { return gated_residual_case(r, 1000, 256); }});
+  t.push_back({"residual_rmsnorm_bf16_bf16_M1000_D256_two_reads", [](Rng& r) { return residual_rmsnorm_case(r, DType::bf16, DType::bf16, 2, 1000, 256); }});
+  t.push_back({"residual_rmsnorm_bf16_bf16_M1000_D256_one_read", [](Rng& r) { return residual_rmsnorm_case(r, DType::bf16, DType::bf16, 1, 1000, 256); }});
+  t.push_back({"residual_rmsnorm_f32_f32_Small_M37_D100_two_reads", [](Rng& r) { return residual_rmsnorm_case(r, DType::f32, DType::f32, 2, 37, 100); }});
+  t.push_back({"residual_rmsnorm_f32_bf16_Small_M9_D33_one_read", [](Rng& r) { return residual_rmsnorm_case(r, DType::f32, DType::bf16, 1, 9, 33); }});
+  t.push_back({"linear_bf16_out_M300_I256_O256_bias", [](Rng& r) { return linear_bf16_out_case(r, 300, 256, 256, 256, true, false); }});
+  t.push_back({"linear_bf16_out_Small_M33_I64_O40_ld48_acc", [](Rng& r) { return linear_bf16_out_case(r, 33, 64, 40, 48, false, true); }});
   // Backward ops.
   for (DType dt : {DType::f32, DType::tf32}) {
     const std::string d = dt == DType::f32 ? "f32" : "tf32";
@@ -773,6 +859,12 @@ TEST(CudaOpsSmall, RefusesAndTracksMemory) {
   EXPECT_THROW(cu::scan_backward(p, 8, p, p, 8, p, p, 32, p, p, p, p, p, p, p, p, 32, p, p, 8, 1, 4, 8, 12), mm::Error);
   EXPECT_THROW(cu::scan_backward(p, 4, p, p, 8, p, p, 32, p, p, p, p, p, p, p, p, 32, p, p, 8, 1, 4, 8, 16), mm::Error);  // ld_du < E
   EXPECT_THROW(cu::linear_forward(p, 4, p, 3, p, nullptr, 2, 4, 4, DType::f32, false), mm::Error);
+  EXPECT_THROW(cu::linear_forward(p, 4, p, 4, p, nullptr, 2, 4, 4, DType::f32, false, DType::bf16), mm::Error);  // bf16 out needs bf16 in
+  {
+    const void* gc[2] = {p, p};
+    EXPECT_THROW(cu::gated_residual_rmsnorm_forward(p, DType::f32, p, gc, gc, 3, DType::f32, p, 2, 4, 1e-5f), mm::Error);
+    EXPECT_THROW(cu::gated_residual_rmsnorm_forward(p, DType::tf32, p, gc, gc, 1, DType::f32, p, 2, 4, 1e-5f), mm::Error);
+  }
   EXPECT_THROW(cu::linear_forward(p, 4, p, 4, p, nullptr, 0, 4, 4, DType::f32, false), mm::Error);
   EXPECT_THROW(cu::conv1d_silu_forward(p, DType::f32, nullptr, p, p, 8, p, p, 1, 4, 8, 9), mm::Error);
   EXPECT_THROW(cu::conv1d_silu_forward(p, DType::f32, nullptr, p, p, 4, p, p, 1, 4, 8, 4), mm::Error);

@@ -13,10 +13,11 @@ constexpr int kThreads = 128;  // channels per block
 constexpr int kSteps = 16;     // time steps per thread
 constexpr int kMaxK = 8;
 
+// The input a is in the output's dtype (bf16 on the fast path: in_proj writes bf16).
 template <int K, typename OutT>
 __global__ void __launch_bounds__(kThreads)
 conv1d_silu_kernel(OutT* __restrict__ out, float* __restrict__ out_f32,
-                   const float* __restrict__ tail, const float* __restrict__ a, int64_t lda,
+                   const float* __restrict__ tail, const OutT* __restrict__ a, int64_t lda,
                    const float* __restrict__ w, const float* __restrict__ bias, int64_t T,
                    int64_t E, int64_t n_tblk, int64_t n_eblk) {
   int64_t blk = blockIdx.x;
@@ -36,11 +37,11 @@ conv1d_silu_kernel(OutT* __restrict__ out, float* __restrict__ out_f32,
 #pragma unroll
   for (int i = 0; i < K - 1; ++i) {
     const int64_t s = t0 - (K - 1) + i;
-    win[i] = s >= 0 ? a[(b * T + s) * lda + e] : tail[(b * (K - 1) + (K - 1 + s)) * E + e];
+    win[i] = s >= 0 ? detail::load_f32(a + (b * T + s) * lda + e) : tail[(b * (K - 1) + (K - 1 + s)) * E + e];
   }
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t row = b * T + t;
-    win[K - 1] = a[row * lda + e];
+    win[K - 1] = detail::load_f32(a + row * lda + e);
     float acc = bs;
 #pragma unroll
     for (int i = 0; i < K; ++i) acc = fmaf(wk[i], win[i], acc);
@@ -52,8 +53,8 @@ conv1d_silu_kernel(OutT* __restrict__ out, float* __restrict__ out_f32,
   }
 }
 
-template <int K>
-__global__ void conv1d_tail_kernel(float* __restrict__ tail, const float* __restrict__ a,
+template <int K, typename InT>
+__global__ void conv1d_tail_kernel(float* __restrict__ tail, const InT* __restrict__ a,
                                    int64_t lda, int64_t B, int64_t T, int64_t E) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= B * E) return;
@@ -62,29 +63,29 @@ __global__ void conv1d_tail_kernel(float* __restrict__ tail, const float* __rest
 #pragma unroll
   for (int j = 0; j < K - 1; ++j) {
     const int64_t s = T - (K - 1) + j;
-    v[j] = s >= 0 ? a[(b * T + s) * lda + e] : tail[(b * (K - 1) + (K - 1 + s)) * E + e];
+    v[j] = s >= 0 ? float(a[(b * T + s) * lda + e]) : tail[(b * (K - 1) + (K - 1 + s)) * E + e];
   }
 #pragma unroll
   for (int j = 0; j < K - 1; ++j) tail[(b * (K - 1) + j) * E + e] = v[j];
 }
 
 template <int K, typename OutT>
-void launch(void* out, float* out_f32, float* tail, const float* a, int64_t lda, const float* w,
+void launch(void* out, float* out_f32, float* tail, const void* a, int64_t lda, const float* w,
             const float* bias, int64_t B, int64_t T, int64_t E) {
   const int64_t n_tblk = (T + kSteps - 1) / kSteps, n_eblk = (E + kThreads - 1) / kThreads;
   const int64_t blocks = B * n_tblk * n_eblk;
   detail::require(blocks < (int64_t(1) << 31), "conv1d_silu_forward", "too large (B·T·E)");
   conv1d_silu_kernel<K, OutT><<<unsigned(blocks), kThreads>>>(
-      static_cast<OutT*>(out), out_f32, tail, a, lda, w, bias, T, E, n_tblk, n_eblk);
+      static_cast<OutT*>(out), out_f32, tail, static_cast<const OutT*>(a), lda, w, bias, T, E, n_tblk, n_eblk);
   MM_CUDA_LAUNCH_CHECK("conv1d_silu_kernel");
   if (K > 1) {
-    conv1d_tail_kernel<K><<<detail::blocks_for(B * E, 256), 256>>>(tail, a, lda, B, T, E);
+    conv1d_tail_kernel<K, OutT><<<detail::blocks_for(B * E, 256), 256>>>(tail, static_cast<const OutT*>(a), lda, B, T, E);
     MM_CUDA_LAUNCH_CHECK("conv1d_tail_kernel");
   }
 }
 
 template <int K>
-void dispatch_dtype(void* out, DType odt, float* out_f32, float* tail, const float* a, int64_t lda,
+void dispatch_dtype(void* out, DType odt, float* out_f32, float* tail, const void* a, int64_t lda,
                     const float* w, const float* bias, int64_t B, int64_t T, int64_t E) {
   if (odt == DType::tf32) throw Error("conv1d: activations are written as f32 or bf16, not tf32");
   if (odt == DType::f32) launch<K, float>(out, out_f32, tail, a, lda, w, bias, B, T, E);
@@ -93,7 +94,7 @@ void dispatch_dtype(void* out, DType odt, float* out_f32, float* tail, const flo
 
 }  // namespace
 
-void conv1d_silu_forward(void* out, DType odt, float* out_f32, float* tail, const float* a,
+void conv1d_silu_forward(void* out, DType odt, float* out_f32, float* tail, const void* a,
                          int64_t lda, const float* w, const float* bias, int64_t B, int64_t T,
                          int64_t E, int64_t k) {
   using detail::require;

@@ -1,7 +1,7 @@
 // linear_forward through cuBLASLt. Row-major out (M×O) = in (M×I) · Wᵀ is, in cuBLAS's
 // column-major terms, outᵀ (O×M, ld ld_out) = op_T(W as I×O, ld I) · inᵀ (I×M, ld ld_in).
 // fp32 inputs: A/B/C/D fp32 with CUBLAS_COMPUTE_32F (no TF32) — the parity path.
-// bf16 inputs: A/B bf16, C/D fp32, CUBLAS_COMPUTE_32F. Bias through CUBLASLT_EPILOGUE_BIAS
+// bf16 inputs: A/B bf16, C/D fp32 or bf16 (out_dt), CUBLAS_COMPUTE_32F. Bias through CUBLASLT_EPILOGUE_BIAS
 // (falls back to a separate add when no algorithm takes it); accumulate: beta = 1.
 // The handle, a 32 MiB workspace and the chosen algorithm per shape are cached. Shapes whose
 // alignment cuBLASLt takes no algorithm for (e.g. odd bf16 row strides) go to cublasGemmEx.
@@ -37,7 +37,7 @@ struct Plan {
   bool lt = true;  // false: cuBLAS's cublasGemmEx (any alignment), when cuBLASLt has no algorithm
 };
 
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, int, int>;
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, int, int, int>;
 
 struct Lt {
   cublasLtHandle_t handle = nullptr;
@@ -66,8 +66,9 @@ int alignment_of(const void* p, int64_t ld, size_t elem) {
 
 // Builds the descriptors and asks the heuristic for an algorithm; false when none fits.
 bool make_plan(Lt& l, Plan& p, int64_t M, int64_t I, int64_t O, int64_t ld_in, int64_t ld_out,
-               DType dt, bool bias, int al_in, int al_w, int al_out, int al_bias) {
+               DType dt, DType out_dt, bool bias, int al_in, int al_w, int al_out, int al_bias) {
   const cudaDataType_t ab = dt == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t cd = out_dt == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
   const cublasComputeType_t compute = dt == DType::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   MM_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.op, compute, CUDA_R_32F));
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
@@ -81,7 +82,7 @@ bool make_plan(Lt& l, Plan& p, int64_t M, int64_t I, int64_t O, int64_t ld_in, i
   }
   MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, ab, uint64_t(I), uint64_t(O), I));
   MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, ab, uint64_t(I), uint64_t(M), ld_in));
-  MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, uint64_t(O), uint64_t(M), ld_out));
+  MM_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, cd, uint64_t(O), uint64_t(M), ld_out));
 
   cublasLtMatmulPreference_t pref = nullptr;
   MM_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -110,20 +111,22 @@ bool make_plan(Lt& l, Plan& p, int64_t M, int64_t I, int64_t O, int64_t ld_in, i
   return true;
 }
 
-__global__ void add_bias_kernel(float* __restrict__ out, int64_t ld, const float* __restrict__ bias,
+template <typename OutT>
+__global__ void add_bias_kernel(OutT* __restrict__ out, int64_t ld, const float* __restrict__ bias,
                                 int64_t M, int64_t O) {
   const int64_t n = M * O;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / O, c = i % O;
-    out[r * ld + c] += bias[c];
+    detail::store(out + r * ld + c, float(out[r * ld + c]) + bias[c]);
   }
 }
 
 }  // namespace
 
-void linear_forward(float* out, int64_t ld_out, const void* in, int64_t ld_in, const void* W,
-                    const float* bias, int64_t M, int64_t I, int64_t O, DType dtype, bool accumulate) {
+void linear_forward(void* out, int64_t ld_out, const void* in, int64_t ld_in, const void* W,
+                    const float* bias, int64_t M, int64_t I, int64_t O, DType dtype, bool accumulate,
+                    DType out_dt) {
   using detail::require;
   require(M > 0 && I > 0 && O > 0, "linear_forward",
           "sizes must be positive (M=" + std::to_string(M) + ", I=" + std::to_string(I) +
@@ -131,20 +134,22 @@ void linear_forward(float* out, int64_t ld_out, const void* in, int64_t ld_in, c
   require(ld_in >= I, "linear_forward", "ld_in " + std::to_string(ld_in) + " < I " + std::to_string(I));
   require(ld_out >= O, "linear_forward", "ld_out " + std::to_string(ld_out) + " < O " + std::to_string(O));
   require(out && in && W, "linear_forward", "null pointer");
+  require(out_dt == DType::f32 || (out_dt == DType::bf16 && dtype == DType::bf16), "linear_forward",
+          "the output is f32, or bf16 for bf16 inputs");
   require(M < (int64_t(1) << 31) && ld_in < (int64_t(1) << 31) && ld_out < (int64_t(1) << 31),
           "linear_forward", "a dimension exceeds 2^31");
   const size_t eb = dtype_bytes(dtype);
   const int al_in = alignment_of(in, ld_in, eb), al_w = alignment_of(W, I, eb);
-  const int al_out = alignment_of(out, ld_out, 4), al_bias = bias ? alignment_of(bias, 0, 4) : 256;
+  const int al_out = alignment_of(out, ld_out, dtype_bytes(out_dt)), al_bias = bias ? alignment_of(bias, 0, 4) : 256;
 
   Lt& l = lt();
   std::lock_guard<std::mutex> lk(l.mu);
-  const Key key{M, I, O, ld_in, ld_out, int(dtype), bias ? 1 : 0, al_in, al_w, al_out, al_bias};
+  const Key key{M, I, O, ld_in, ld_out, int(dtype), int(out_dt), bias ? 1 : 0, al_in, al_w, al_out, al_bias};
   auto it = l.plans.find(key);
   if (it == l.plans.end()) {
     Plan p;
-    bool ok = make_plan(l, p, M, I, O, ld_in, ld_out, dtype, bias != nullptr, al_in, al_w, al_out, al_bias);
-    if (!ok && bias) ok = make_plan(l, p, M, I, O, ld_in, ld_out, dtype, false, al_in, al_w, al_out, al_bias);
+    bool ok = make_plan(l, p, M, I, O, ld_in, ld_out, dtype, out_dt, bias != nullptr, al_in, al_w, al_out, al_bias);
+    if (!ok && bias) ok = make_plan(l, p, M, I, O, ld_in, ld_out, dtype, out_dt, false, al_in, al_w, al_out, al_bias);
     if (!ok) p.lt = false;
     it = l.plans.emplace(key, p).first;
   }
@@ -163,14 +168,18 @@ void linear_forward(float* out, int64_t ld_out, const void* in, int64_t ld_in, c
     }
     const cudaDataType_t ab = dtype == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
     MM_CUBLAS_CHECK(cublasGemmEx(l.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(O), int(M), int(I), &alpha, W, ab,
-                                 int(I), in, ab, int(ld_in), &beta, out, CUDA_R_32F, int(ld_out),
+                                 int(I), in, ab, int(ld_in), &beta, out,
+                                 out_dt == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F, int(ld_out),
                                  dtype == DType::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
                                  CUBLAS_GEMM_DEFAULT));
   }
   if (bias && !p.bias_epilogue) {
     const int64_t n = M * O;
     const unsigned grid = unsigned(std::min<int64_t>((n + 255) / 256, 65535));
-    add_bias_kernel<<<grid, 256>>>(out, ld_out, bias, M, O);
+    if (out_dt == DType::bf16)
+      add_bias_kernel<<<grid, 256>>>(static_cast<__nv_bfloat16*>(out), ld_out, bias, M, O);
+    else
+      add_bias_kernel<<<grid, 256>>>(static_cast<float*>(out), ld_out, bias, M, O);
     MM_CUDA_LAUNCH_CHECK("add_bias_kernel");
   }
 }

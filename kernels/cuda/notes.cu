@@ -90,21 +90,36 @@ __global__ void segment_candidates_kernel(PoolScratch out, const float* s, Segme
   }
 }
 
-// The sequential walk over segments, one warp per sequence: lane 0 owns the lists (at most K
-// long); after the first chunks the best candidate of a chunk rarely beats the full pool's
-// minimum, so most segments cost a snapshot and one comparison.
+// The sequential walk over segments, one warp per sequence. The warp moves in lockstep: `used`,
+// `ccount` and `low` are the same in every lane; slot lists live in shared memory. After the
+// first chunks the best candidate of a chunk rarely beats the full pool's minimum: the lanes
+// test 32 segments at once and write the snapshots of a run of such segments together. When a
+// chunk does change the pool, the lanes load its list together and find the lowest slot with a
+// warp reduction (not one lane's loop over K slots).
+__device__ __forceinline__ bool slot_below(const float* prio, const int64_t* pos, int a, int b) {
+  return prio[a] < prio[b] || (prio[a] == prio[b] && pos[a] < pos[b]);
+}
+
+// The full pool's lowest slot by (priority, position); every lane gets it.
+__device__ __forceinline__ int warp_lowest_slot(const float* prio, const int64_t* pos, int K, int lane) {
+  int best = -1;
+  for (int j = lane; j < K; j += 32)
+    if (best < 0 || slot_below(prio, pos, j, best)) best = j;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const int other = __shfl_xor_sync(0xffffffffu, best, o);
+    if (other >= 0 && (best < 0 || slot_below(prio, pos, other, best))) best = other;
+  }
+  return best;
+}
+
 __global__ void pool_walk_kernel(int32_t* snap, PoolState st, int32_t* pool_rows, int32_t* cand_rows,
                                  PoolScratch sc, int64_t pos0, Segments segs, int B, int T, int K) {
   __shared__ int64_t ppos[kMaxSlots], cpos[kMaxSlots], mpos[kMaxSlots];
   __shared__ float pprio[kMaxSlots], cscore[kMaxSlots], mscore[kMaxSlots];
   __shared__ int prow[kMaxSlots], crow[kMaxSlots], mrow[kMaxSlots];
-  __shared__ int used, ccount;
   const int b = blockIdx.x, lane = threadIdx.x;
-  if (lane == 0) {
-    used = st.used[b];
-    ccount = st.cand_count[b];
-  }
-  __syncwarp();
+  int used = st.used[b], ccount = st.cand_count[b];
   for (int j = lane; j < K; j += 32) {
     ppos[j] = st.pos[b * K + j];
     pprio[j] = st.prio[b * K + j];
@@ -115,102 +130,140 @@ __global__ void pool_walk_kernel(int32_t* snap, PoolState st, int32_t* pool_rows
   }
   __syncwarp();
   const int64_t row_base = 2 * int64_t(B) * K + int64_t(b) * T;
-  // Lane 0 keeps the full pool's lowest slot (recomputed only after a replacement) and has the
-  // next segment's count and best score in flight while it works on this one.
-  int low = -1;
-  auto find_low = [&]() {
-    low = 0;
-    for (int j = 1; j < K; ++j)
-      if (pprio[j] < pprio[low] || (pprio[j] == pprio[low] && ppos[j] < ppos[low])) low = j;
-  };
-  // Every 32 segments the lanes fetch the next 32 segments' count, best score and chunk end in
-  // one go; lane 0 takes them by shuffle, so the walk waits on memory once per 32 segments.
-  int pf_n = 0, pf_closes = 0;
-  float pf_best = 0.0f;
-  for (int64_t i = 0; i < segs.count; ++i) {
-    if ((i & 31) == 0) {
-      const int64_t k = i + lane;
-      pf_n = k < segs.count ? sc.count[k * B + b] : 0;
-      pf_best = k < segs.count ? sc.score[(k * B + b) * K] : 0.0f;
-      pf_closes = k < segs.count ? segs.closes[k] : 0;
+  int low = -1;  // the full pool's lowest slot, or -1 after a change
+  // The lanes hold the count, best score and chunk end of the 32 segments from `window` on,
+  // fetched in one go, so the walk waits on memory once per 32 segments.
+  int64_t window = -32;
+  int w_n = 0, w_closes = 0;
+  float w_best = 0.0f;
+  // The candidate list of the segment that ends a quiet run, fetched before that run's snapshots
+  // are written (its memory latency hides behind them): lane c % 32 holds entry c.
+  int64_t pf_seg = -1;
+  float pf_s[kMaxSlots / 32];
+  int pf_t[kMaxSlots / 32];
+  for (int64_t i = 0; i < segs.count;) {
+    if (i >= window + 32) {
+      window = i;
+      const int64_t k = window + lane;
+      w_n = k < segs.count ? sc.count[k * B + b] : 0;
+      w_best = k < segs.count ? sc.score[(k * B + b) * K] : 0.0f;
+      w_closes = k < segs.count ? segs.closes[k] : 0;
     }
-    const int n = __shfl_sync(0xffffffffu, pf_n, int(i & 31));
-    const float best = __shfl_sync(0xffffffffu, pf_best, int(i & 31));
-    const bool closes = __shfl_sync(0xffffffffu, pf_closes, int(i & 31)) != 0;
+    if (ccount == 0 && used == K) {
+      // The common case: a closing segment whose best cannot beat the full pool's lowest slot
+      // leaves the pool as it is. The lanes test the window's segments at once; the run of
+      // such segments from i on gets its snapshots (all the current pool) written together.
+      if (low < 0) low = warp_lowest_slot(pprio, ppos, K, lane);
+      const int64_t k = window + lane;
+      const bool quiet = k < segs.count && w_closes != 0 && (w_n == 0 || !(w_best > pprio[low]));
+      const unsigned stop = __ballot_sync(0xffffffffu, k >= i && !quiet);
+      const int64_t run = (stop ? __ffs(int(stop)) - 1 : 32) - (i - window);
+      if (run > 0) {
+        const int64_t next = i + run;
+        if (next < window + 32 && next < segs.count) {
+          const int nn = __shfl_sync(0xffffffffu, w_n, int(next - window));
+          const int64_t nb = (next * B + b) * K;
+#pragma unroll
+          for (int q = 0; q < kMaxSlots / 32; ++q) {
+            const int c = lane + 32 * q;
+            if (c < nn) {
+              pf_s[q] = sc.score[nb + c];
+              pf_t[q] = sc.t[nb + c];
+            }
+          }
+          pf_seg = next;
+        }
+        for (int j = lane; j < K; j += 32) {
+          const int r = prow[j];
+          for (int64_t q = 0; q < run; ++q) snap[((i + q) * B + b) * K + j] = r;
+        }
+        i += run;
+        continue;
+      }
+    }
+    // Segment i changes the pool or the carried candidates.
+    const int at = int(i - window);
+    const int n = __shfl_sync(0xffffffffu, w_n, at);
+    const bool closes = __shfl_sync(0xffffffffu, w_closes, at) != 0;
     int32_t* out = snap + (i * B + b) * K;
     for (int j = lane; j < K; j += 32) out[j] = j < used ? prow[j] : -1;
-    __syncwarp();
-    if (lane == 0) {
-      const int64_t base = (i * B + b) * K;
-      bool nothing_enters = false;  // the common case: the chunk's best cannot beat the full pool
-      if (closes && ccount == 0 && used == K) {
-        if (low < 0) find_low();
-        nothing_enters = n == 0 || !(best > pprio[low]);
-      }
-      if (!nothing_enters) {
-        // The candidates this chunk has so far: the carried ones merged with this segment's.
-        const float* ls = sc.score + base;
-        const int32_t* lt = sc.t + base;
-        const float* list_s;
-        const int64_t* list_p = nullptr;
-        const int* list_r = nullptr;
-        int m = 0;
-        if (ccount == 0) {
-          list_s = ls;
-          m = n;
-        } else {
-          int x = 0, y = 0;
-          while (m < K && (x < ccount || y < n)) {
-            // Carried candidates are earlier than this segment's: they win ties.
-            if (y >= n || (x < ccount && cscore[x] >= ls[y])) {
-              mscore[m] = cscore[x];
-              mpos[m] = cpos[x];
-              mrow[m] = crow[x];
-              ++x;
-            } else {
-              mscore[m] = ls[y];
-              mpos[m] = pos0 + lt[y];
-              mrow[m] = int(row_base + lt[y]);
-              ++y;
-            }
-            ++m;
+    // The candidates this chunk has so far, best first: this segment's, merged behind the
+    // carried ones when a chunk spans pieces (carried candidates are earlier: they win ties).
+    const int64_t base = (i * B + b) * K;
+    const float* ls = sc.score + base;
+    const int32_t* lt = sc.t + base;
+    int m = 0;
+    if (ccount == 0) {
+      if (pf_seg == i) {
+#pragma unroll
+        for (int q = 0; q < kMaxSlots / 32; ++q) {
+          const int c = lane + 32 * q;
+          if (c < n) {
+            mscore[c] = pf_s[q];
+            mpos[c] = pos0 + pf_t[q];
+            mrow[c] = int(row_base + pf_t[q]);
           }
-          list_s = mscore;
-          list_p = mpos;
-          list_r = mrow;
         }
-        if (closes) {
-          for (int c = 0; c < m; ++c) {
-            const float sc_c = list_s[c];
-            const int64_t pc = list_p ? list_p[c] : pos0 + lt[c];
-            const int rc = list_r ? list_r[c] : int(row_base + lt[c]);
-            if (used < K) {
-              ppos[used] = pc;
-              pprio[used] = sc_c;
-              prow[used] = rc;
-              ++used;
-              low = -1;
-              continue;
-            }
-            if (low < 0) find_low();
-            if (!(sc_c > pprio[low])) break;
-            ppos[low] = pc;
-            pprio[low] = sc_c;
-            prow[low] = rc;
-            low = -1;
-          }
-          ccount = 0;
-        } else {
-          for (int c = 0; c < m; ++c) {
-            cscore[c] = list_s[c];
-            cpos[c] = list_p ? list_p[c] : pos0 + lt[c];
-            crow[c] = list_r ? list_r[c] : int(row_base + lt[c]);
-          }
-          ccount = m;
+      } else {
+        for (int c = lane; c < n; c += 32) {
+          mscore[c] = ls[c];
+          mpos[c] = pos0 + lt[c];
+          mrow[c] = int(row_base + lt[c]);
         }
       }
+      m = n;
+    } else {
+      if (lane == 0) {
+        int x = 0, y = 0;
+        while (m < K && (x < ccount || y < n)) {
+          if (y >= n || (x < ccount && cscore[x] >= ls[y])) {
+            mscore[m] = cscore[x];
+            mpos[m] = cpos[x];
+            mrow[m] = crow[x];
+            ++x;
+          } else {
+            mscore[m] = ls[y];
+            mpos[m] = pos0 + lt[y];
+            mrow[m] = int(row_base + lt[y]);
+            ++y;
+          }
+          ++m;
+        }
+      }
+      m = __shfl_sync(0xffffffffu, m, 0);
     }
     __syncwarp();
+    if (closes) {  // commit in order: fill free slots, then replace the lowest while it is lower
+      for (int c = 0; c < m; ++c) {
+        const float sc_c = mscore[c];
+        int slot;
+        if (used < K) {
+          slot = used++;
+        } else {
+          if (low < 0) low = warp_lowest_slot(pprio, ppos, K, lane);
+          if (!(sc_c > pprio[low])) break;
+          slot = low;
+        }
+        __syncwarp();  // every lane has read the slots before lane 0 rewrites one
+        if (lane == 0) {
+          ppos[slot] = mpos[c];
+          pprio[slot] = sc_c;
+          prow[slot] = mrow[c];
+        }
+        low = -1;
+        __syncwarp();
+      }
+      ccount = 0;
+    } else {  // the chunk goes on in the next piece: carry its candidates
+      for (int c = lane; c < m; c += 32) {
+        cscore[c] = mscore[c];
+        cpos[c] = mpos[c];
+        crow[c] = mrow[c];
+      }
+      ccount = m;
+    }
+    __syncwarp();
+    ++i;
   }
   if (lane == 0) {
     st.used[b] = used;

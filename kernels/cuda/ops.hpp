@@ -81,19 +81,26 @@ public:
   void fork();
   void join();
   void* handle() const { return stream_; }  // a cudaStream_t
+  // Milliseconds the side stream's work took between the last fork and join (profiles: waits
+  // for the join's work to finish).
+  double last_span_ms() const;
 
 private:
   void* stream_ = nullptr;
   void* forked_ = nullptr;  // events
   void* joined_ = nullptr;
+  void* began_ = nullptr;   // timing events on the side stream
+  void* ended_ = nullptr;
 };
 
 // ---- ops ----------------------------------------------------------------------------------
-// out (M×O fp32, row stride ld_out) = in (M×I, dtype, row stride ld_in) · Wᵀ (W O×I, same dtype,
-// contiguous) + bias (O, fp32, or null); accumulate: out += instead of =. cuBLASLt, fp32
-// accumulation; fp32 inputs run in full fp32 (the parity path).
-void linear_forward(float* out, int64_t ld_out, const void* in, int64_t ld_in, const void* W,
-                    const float* bias, int64_t M, int64_t I, int64_t O, DType dtype, bool accumulate);
+// out (M×O, out_dt, row stride ld_out) = in (M×I, dtype, row stride ld_in) · Wᵀ (W O×I, same
+// dtype, contiguous) + bias (O, fp32, or null); accumulate: out += instead of =. cuBLASLt, fp32
+// accumulation; fp32 inputs run in full fp32 (the parity path). out_dt is f32, or bf16 with bf16
+// inputs (products only read back by an elementwise op: half the bytes).
+void linear_forward(void* out, int64_t ld_out, const void* in, int64_t ld_in, const void* W,
+                    const float* bias, int64_t M, int64_t I, int64_t O, DType dtype, bool accumulate,
+                    DType out_dt = DType::f32);
 
 // y (M×D, ydt) = RMSNorm(x) · w. When score_w is given, also s (M) = σ(y_f32 · score_w + score_b)
 // (the note score, fused: it reads the same normalised row).
@@ -101,10 +108,16 @@ void rmsnorm_forward(void* y, DType ydt, const float* x, const float* w, int64_t
                      float eps, float* s = nullptr, const float* score_w = nullptr,
                      const float* score_b = nullptr);
 
-// out (M×E, odt) = SiLU(causal depthwise conv(a) + bias); a has row stride lda; tail (B×(k−1)×E)
-// holds the inputs before t = 0 and is updated to the piece's last k−1 inputs. Also writes the
-// fp32 result to out_f32 (M×E) when not null (the scan's input).
-void conv1d_silu_forward(void* out, DType odt, float* out_f32, float* tail, const float* a,
+// x (M×D) += σ(g_i) ⊙ c_i for i < nres (1 or 2, in order; g, c M×D in gdt), then y (M×D, ydt)
+// = RMSNorm(x) · w: the note reads' gated residuals fused into the mixer's norm, so x is read
+// and written once.
+void gated_residual_rmsnorm_forward(void* y, DType ydt, float* x, const void* const* g, const void* const* c,
+                                    int nres, DType gdt, const float* w, int64_t M, int64_t D, float eps);
+
+// out (M×E, odt) = SiLU(causal depthwise conv(a) + bias); a (odt too) has row stride lda; tail
+// (B×(k−1)×E, fp32) holds the inputs before t = 0 and is updated to the piece's last k−1 inputs.
+// Also writes the fp32 result to out_f32 (M×E) when not null (the scan's input).
+void conv1d_silu_forward(void* out, DType odt, float* out_f32, float* tail, const void* a,
                          int64_t lda, const float* w, const float* bias, int64_t B, int64_t T,
                          int64_t E, int64_t k);
 

@@ -62,25 +62,41 @@ SideStream::SideStream() {
   MM_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   MM_CUDA_CHECK(cudaEventCreateWithFlags(&a, cudaEventDisableTiming));
   MM_CUDA_CHECK(cudaEventCreateWithFlags(&b, cudaEventDisableTiming));
+  cudaEvent_t t0 = nullptr, t1 = nullptr;
+  MM_CUDA_CHECK(cudaEventCreate(&t0));
+  MM_CUDA_CHECK(cudaEventCreate(&t1));
   stream_ = s;
   forked_ = a;
   joined_ = b;
+  began_ = t0;
+  ended_ = t1;
 }
 
 SideStream::~SideStream() {
   if (forked_) cudaEventDestroy(static_cast<cudaEvent_t>(forked_));
   if (joined_) cudaEventDestroy(static_cast<cudaEvent_t>(joined_));
+  if (began_) cudaEventDestroy(static_cast<cudaEvent_t>(began_));
+  if (ended_) cudaEventDestroy(static_cast<cudaEvent_t>(ended_));
   if (stream_) cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
 }
 
 void SideStream::fork() {
   MM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(forked_), cudaStreamLegacy));
   MM_CUDA_CHECK(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream_), static_cast<cudaEvent_t>(forked_), 0));
+  MM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(began_), static_cast<cudaStream_t>(stream_)));
 }
 
 void SideStream::join() {
+  MM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ended_), static_cast<cudaStream_t>(stream_)));
   MM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(joined_), static_cast<cudaStream_t>(stream_)));
   MM_CUDA_CHECK(cudaStreamWaitEvent(cudaStreamLegacy, static_cast<cudaEvent_t>(joined_), 0));
+}
+
+double SideStream::last_span_ms() const {
+  MM_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(ended_)));
+  float ms = 0.f;
+  MM_CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(began_), static_cast<cudaEvent_t>(ended_)));
+  return ms;
 }
 
 size_t peak_bytes() { return g_peak.load(); }
