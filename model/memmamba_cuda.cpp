@@ -73,21 +73,26 @@ struct MemMambaCuda::Impl {
   // Work buffers, grown on demand and reused by every layer.
   Buffer<int32_t> tokens, seg_t0, seg_t1;
   Buffer<uint8_t> seg_closes;
-  Buffer<float> x, s, mq, g, g_cross, c_out, xz, a32, xdbl, dtv, logits;
+  Buffer<float> x, s, mq, z, a32, xdbl, dtv, logits;
   cuda::SideStream side;  // the pool walk overlaps other work
   Buffer<uint16_t> v, o, u, a, yg;  // bf16 or fp32 (as raw bytes: sized in floats when f32)
+  Buffer<uint16_t> g, g_cross, c_out, c_cross;  // the note reads' gate and output products, same dtype
+  Buffer<uint16_t> xin;                // in_proj's x half, same dtype
   Buffer<int32_t> pool_rows, cand_rows, cand_t, cand_n;
   Buffer<float> cand_s;
   std::vector<Buffer<float>> n_ext, kv;      // per layer of the cross window
   std::vector<Buffer<int32_t>> snap;         // per layer of the cross window
 
   size_t act_bytes() const { return dt == DType::f32 ? 4 : 2; }
+  DType act_dtype() const { return dt == DType::f32 ? DType::f32 : DType::bf16; }
   // Products whose operands stay fp32 (slot keys/values, dt_proj): TF32 on the fast path.
   DType f32_products() const { return dt == DType::bf16 ? DType::tf32 : DType::f32; }
   void* w(size_t off) {
     const size_t a = aligned.at(off);
     return dt == DType::f32 ? static_cast<void*>(w32.data() + a) : static_cast<void*>(w16.data() + a);
   }
+  // The matrix at off, from its element `skip` on (a block of its rows).
+  void* w_row(size_t off, int64_t skip) { return static_cast<char*>(w(off)) + size_t(skip) * act_bytes(); }
   void* packed(int l) {
     return dt == DType::f32 ? static_cast<void*>(note_in32[size_t(l)].data()) : static_cast<void*>(note_in16[size_t(l)].data());
   }
@@ -104,6 +109,7 @@ MemMambaCuda::MemMambaCuda(const Config& cfg, const std::vector<float>& params, 
   if (params.size() != table_.total())
     throw Error("parameter count " + std::to_string(params.size()) + " does not match the config");
   if (!cuda::available()) throw Error("no CUDA device is available");
+  if (gemm != DType::f32 && gemm != DType::bf16) throw Error("the CUDA model runs its products in f32 or bf16");
   if (cfg.notes && cfg.memory_chunk > 1024)
     throw Error("the CUDA backend supports memory_chunk up to 1024 (this model has " +
                 std::to_string(cfg.memory_chunk) + ")");
@@ -196,18 +202,20 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
   const int window = std::max(1, c.cross_layer_period);
   const int64_t piece = std::max<int64_t>(1, max_piece);
   auto last = std::chrono::steady_clock::now();
-  auto tick = [&](const char* group) {  // profile: time since the previous tick goes to `group`
-    if (!profile) return;
-    cuda::synchronize();
-    const auto now = std::chrono::steady_clock::now();
-    const double s = std::chrono::duration<double>(now - last).count();
-    last = now;
+  auto add = [&](const char* group, double s) {
     for (auto& [name, total] : *profile)
       if (name == group) {
         total += s;
         return;
       }
     profile->emplace_back(group, s);
+  };
+  auto tick = [&](const char* group) {  // profile: time since the previous tick goes to `group`
+    if (!profile) return;
+    cuda::synchronize();
+    const auto now = std::chrono::steady_clock::now();
+    add(group, std::chrono::duration<double>(now - last).count());
+    last = now;
   };
 
   for (int64_t p0 = 0; p0 < T; p0 += piece) {
@@ -229,6 +237,9 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
     for (int l = 0; l < c.n_layer; ++l) {
       const LayerIndex& li = *I.ix[size_t(l)];
       State::Layer& st = state->layers[size_t(l)];
+      const void* res_g[2] = {nullptr, nullptr};  // the note reads' (gate, output) products
+      const void* res_c[2] = {nullptr, nullptr};
+      int nres = 0;
       if (c.notes) {
         const int slot = l % window;
         const bool cross = c.has_cross(l);
@@ -273,55 +284,69 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
                                2 * S, I.f32_products(), false);
           return cuda::ReadSource{kv.data(), I.snap[size_t(sl % window)].data()};
         };
-        auto gate = [&](const LayerIndex::Read& rx, Buffer<float>& g) {
-          g.reserve(size_t(M * D));
-          cuda::linear_forward(g.data(), D, v, D, I.w(rx.gate_w), I.f(rx.gate_b), M, D, D, I.dt, false);
+        // The gate and output products are only read back by the gated residual: in the
+        // activation dtype (bf16 on the fast path, half the bytes written and read).
+        auto gate = [&](const LayerIndex::Read& rx, Buffer<uint16_t>& g) {
+          cuda::linear_forward(I.act(g, size_t(M * D)), D, v, D, I.w(rx.gate_w), I.f(rx.gate_b), M, D, D, I.dt,
+                               false, I.act_dtype());
         };
+        // A read's output product; its gated residual lands in the mixer's norm below.
         auto finish = [&](const LayerIndex::Read& rx, const std::vector<cuda::ReadSource>& src, const float* q,
-                          Buffer<float>& g) {
+                          const Buffer<uint16_t>& g, Buffer<uint16_t>& c_out) {
           void* o = I.act(I.o, size_t(M * S));
           cuda::pool_read_forward(o, I.dt, q, qcols, src.data(), int(src.size()), segs, B, Tp, K, H, dh);
           tick("notes: pool attention");
-          I.c_out.reserve(size_t(M * D));
-          cuda::linear_forward(I.c_out.data(), D, o, S, I.w(rx.o), nullptr, M, S, D, I.dt, false);
+          cuda::linear_forward(I.act(c_out, size_t(M * D)), D, o, S, I.w(rx.o), nullptr, M, S, D, I.dt, false,
+                               I.act_dtype());
           tick("notes: output products");
-          cuda::gated_residual_forward(I.x.data(), g.data(), I.c_out.data(), M, D);
-          tick("notes: gated residual");
+          res_g[nres] = g.data();
+          res_c[nres++] = c_out.data();
         };
         const std::vector<cuda::ReadSource> own{slot_kv(li.read, l)};
         gate(li.read, I.g);
         if (cross) gate(li.cross, I.g_cross);
         I.side.join();
         tick("notes: pool walk, overlapped with own slot keys/values and gate products");
-        // Both reads use the same v, so the first fusion can land before the second read runs.
-        finish(li.read, own, I.mq.data() + S, I.g);
+        if (profile) add("  (of which the pool walk's own span on the side stream)", I.side.last_span_ms() / 1e3);
+        // Both reads use the same v (the layer's input), so their residuals can land together.
+        finish(li.read, own, I.mq.data() + S, I.g, I.c_out);
         if (cross) {
           std::vector<cuda::ReadSource> src;
           for (int sl = l - c.cross_layer_period + 1; sl <= l; ++sl) src.push_back(slot_kv(li.cross, sl));
           tick("notes: cross slot keys/values");
-          finish(li.cross, src, I.mq.data() + 2 * S, I.g_cross);
+          finish(li.cross, src, I.mq.data() + 2 * S, I.g_cross, I.c_cross);
         }
       }
       // Mixer (Mamba-1); out_proj accumulates into the residual stream.
       void* u = I.act(I.u, size_t(M * D));
-      cuda::rmsnorm_forward(u, I.dt, I.x.data(), I.f(li.norm), M, D, float(c.rms_eps));
-      I.xz.reserve(size_t(M * 2 * E));
-      tick("mixer: norm");
-      cuda::linear_forward(I.xz.data(), 2 * E, u, D, I.w(li.in_proj), nullptr, M, D, 2 * E, I.dt, false);
+      if (nres > 0) {
+        cuda::gated_residual_rmsnorm_forward(u, I.dt, I.x.data(), res_g, res_c, nres, I.act_dtype(), I.f(li.norm), M,
+                                             D, float(c.rms_eps));
+        tick("notes gated residuals + mixer: norm");
+      } else {
+        cuda::rmsnorm_forward(u, I.dt, I.x.data(), I.f(li.norm), M, D, float(c.rms_eps));
+        tick("mixer: norm");
+      }
+      // in_proj as two products: x in the activation dtype (the conv's input), z in fp32 (the
+      // scan reads it; a bf16 z measured slower there, see kernels/cuda/scan.cu).
+      void* xin = I.act(I.xin, size_t(M * E));
+      I.z.reserve(size_t(M * E));
+      cuda::linear_forward(xin, E, u, D, I.w(li.in_proj), nullptr, M, D, E, I.dt, false, I.act_dtype());
+      cuda::linear_forward(I.z.data(), E, u, D, I.w_row(li.in_proj, E * D), nullptr, M, D, E, I.dt, false);
       tick("mixer: in_proj");
       void* a = I.act(I.a, size_t(M * E));
       I.a32.reserve(size_t(M * E));
-      cuda::conv1d_silu_forward(a, I.dt, I.a32.data(), st.conv_tail.data(), I.xz.data(), 2 * E, I.f(li.conv_w),
+      cuda::conv1d_silu_forward(a, I.dt, I.a32.data(), st.conv_tail.data(), xin, E, I.f(li.conv_w),
                                 I.f(li.conv_b), B, Tp, E, c.d_conv);
       tick("mixer: conv + SiLU");
       I.xdbl.reserve(size_t(M * XW));
       cuda::linear_forward(I.xdbl.data(), XW, a, E, I.w(li.x_proj), nullptr, M, E, XW, I.dt, false);
+      void* yg = I.act(I.yg, size_t(M * E));
       I.dtv.reserve(size_t(M * E));
       cuda::linear_forward(I.dtv.data(), E, I.xdbl.data(), XW, I.f(li.dt_w), I.f(li.dt_b), M, R, E, I.f32_products(), false);
       tick("mixer: x_proj, dt_proj");
-      void* yg = I.act(I.yg, size_t(M * E));
       cuda::scan_forward(yg, I.dt, st.ssm.data(), I.a32.data(), I.dtv.data(), I.f(li.A_log), I.xdbl.data() + R,
-                         I.xdbl.data() + R + N, XW, I.f(li.D), I.xz.data() + E, 2 * E, B, Tp, E, N);
+                         I.xdbl.data() + R + N, XW, I.f(li.D), I.z.data(), E, B, Tp, E, N);
       tick("mixer: selective scan");
       cuda::linear_forward(I.x.data(), D, yg, E, I.w(li.out_proj), nullptr, M, E, D, I.dt, true);
       tick("mixer: out_proj");
