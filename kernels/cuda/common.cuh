@@ -53,9 +53,8 @@ template <> __device__ __forceinline__ void store<__nv_bfloat16>(__nv_bfloat16* 
   *p = __float2bfloat16_rn(v);
 }
 
-// A read-only load as fp32 (ld.global.nc). Kernels that read and write the same element type
-// (bf16 in, bf16 out) use it for their inputs: a plain load may alias the outputs, so the
-// compiler would keep it behind every earlier store instead of issuing a group of loads early.
+// A load through the read-only data path (ld.global.nc), as fp32: for inputs that no kernel
+// writes while the reading kernel runs, of either element type.
 __device__ __forceinline__ float load_f32(const float* p) { return __ldg(p); }
 __device__ __forceinline__ float load_f32(const __nv_bfloat16* p) {
   return __bfloat162float(__ushort_as_bfloat16(__ldg(reinterpret_cast<const unsigned short*>(p))));

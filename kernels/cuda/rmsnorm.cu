@@ -82,7 +82,8 @@ residual_rmsnorm_kernel(OutT* __restrict__ y, float* __restrict__ x, const G* __
   ss = warp_sum(ss);
   const float rs = 1.0f / sqrtf(ss / float(D) + eps);
   OutT* yr = y + row * D;
-  for (int64_t i = lane; i < D; i += 32) detail::store(yr + i, xr[i] * rs * w[i]);  // this lane's own writes
+  // Reads back the values this lane has just written.
+  for (int64_t i = lane; i < D; i += 32) detail::store(yr + i, xr[i] * rs * w[i]);
 }
 
 template <typename OutT, typename G>
