@@ -19,7 +19,7 @@ const std::vector<Command>& commands() {
       {"finetune", "train a sequence or variant classifier on a model (frozen or full) or a k-mer baseline", finetune_main},
       {"classify", "apply a fine-tuned classifier: TSV or VCF out, accuracy/MCC/F1/AUROC with labels", classify_main},
       {"pretrain", "train a model on FASTA/BAM/CRAM (CPU, GPU or several GPUs), with held-out validation and a Markov reference", pretrain_main},
-      {"info", "a checkpoint's config, parameter counts, provenance and model card", info_main},
+      {"info", "a checkpoint's or classifier's config, parameter counts, provenance and model card", info_main},
       {"bench", "speed of the model and its kernels on this machine", bench_main},
   };
   return list;

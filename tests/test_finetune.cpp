@@ -371,6 +371,19 @@ TEST(Finetune, FrozenSequencesTrainClassifyMetrics) {
   // The backbone is the base model's, unchanged.
   const auto c = load_classifier(out);
   EXPECT_EQ(c.backbone, f.net->params());
+  // info describes it: labels, features, head, the backbone's config and counts, provenance.
+  auto inf = run_cli("info " + q(out));
+  ASSERT_EQ(inf.exit_code, 0) << inf.err;
+  EXPECT_NE(inf.out.find("kind\tclassifier\n"), std::string::npos) << inf.out;
+  EXPECT_NE(inf.out.find("labels\tat,gc\n"), std::string::npos) << inf.out;
+  EXPECT_NE(inf.out.find("head\t2 classes x "), std::string::npos) << inf.out;
+  EXPECT_NE(inf.out.find("parameters\t" + std::to_string(f.net->params().size()) + "\n"), std::string::npos) << inf.out;
+  EXPECT_NE(inf.out.find("memmamba.command\tmemmamba finetune"), std::string::npos) << inf.out;
+  const auto ij = nlohmann::json::parse(run_cli("info --json " + q(out)).out);
+  EXPECT_EQ(ij["kind"], "classifier");
+  EXPECT_EQ(ij["labels"], nlohmann::json({"at", "gc"}));
+  EXPECT_EQ(ij["features"]["kind"], "backbone");
+  EXPECT_EQ(ij["parameters"]["total"].get<size_t>(), f.net->params().size());
 
   const fs::path tsv = f.dir / "pred.tsv", mj = f.dir / "pred.json";
   r = run_cli("classify -q -m " + q(out) + " -o " + q(tsv) + " --metrics " + q(mj) + " " + q(f.test_fa));
@@ -449,6 +462,10 @@ TEST(Finetune, KmerBaselineAndClassWeights) {
   const auto c = load_classifier(out);
   EXPECT_FALSE(c.has_backbone);
   EXPECT_EQ(c.head.F, 64);
+  auto inf = run_cli("info " + q(out));  // no backbone: no config or parameter lines
+  ASSERT_EQ(inf.exit_code, 0) << inf.err;
+  EXPECT_NE(inf.out.find("head\t2 classes x 64 features\n"), std::string::npos) << inf.out;
+  EXPECT_EQ(inf.out.find("config\t"), std::string::npos) << inf.out;
   const fs::path mj = f.dir / "kmer.json";
   r = run_cli("classify -q -m " + q(out) + " --metrics " + q(mj) + " -o " + q(f.dir / "kmer.tsv") + " " + q(f.test_fa));
   ASSERT_EQ(r.exit_code, 0) << r.err;
