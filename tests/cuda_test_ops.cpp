@@ -62,6 +62,18 @@ struct Dev {
   }
 };
 
+// The values of a bf16 device buffer, as fp32 on the host.
+Vec values_of(const cu::Buffer<uint16_t>& b) {
+  std::vector<uint16_t> h(b.size());
+  cu::copy_to_host(h.data(), b.data(), h.size() * 2);
+  Vec v(h.size());
+  for (size_t i = 0; i < h.size(); ++i) {
+    const uint32_t bits = uint32_t(h[i]) << 16;
+    std::memcpy(&v[i], &bits, 4);
+  }
+  return v;
+}
+
 // An output buffer of either dtype, poisoned with NaN, read back as fp32.
 struct Out {
   DType dt;
@@ -81,17 +93,9 @@ struct Out {
   }
   void* p() { return dt == DType::f32 ? static_cast<void*>(f32.data()) : static_cast<void*>(b16.data()); }
   Vec get() const {
+    if (dt != DType::f32) return values_of(b16);
     Vec v(n);
-    if (dt == DType::f32) {
-      cu::copy_to_host(v.data(), f32.data(), n * 4);
-    } else {
-      std::vector<uint16_t> h(n);
-      cu::copy_to_host(h.data(), b16.data(), n * 2);
-      for (size_t i = 0; i < n; ++i) {
-        const uint32_t bits = uint32_t(h[i]) << 16;
-        std::memcpy(&v[i], &bits, 4);
-      }
-    }
+    cu::copy_to_host(v.data(), f32.data(), n * 4);
     return v;
   }
 };
@@ -103,18 +107,6 @@ cu::Buffer<uint16_t> bf16_of(const Vec& v) {
   cu::to_bf16(b.data(), f.p(), v.size());
   cu::synchronize();
   return b;
-}
-
-// The values of a bf16 device buffer, as fp32 on the host.
-Vec values_of(const cu::Buffer<uint16_t>& b) {
-  std::vector<uint16_t> h(b.size());
-  cu::copy_to_host(h.data(), b.data(), h.size() * 2);
-  Vec v(h.size());
-  for (size_t i = 0; i < h.size(); ++i) {
-    const uint32_t bits = uint32_t(h[i]) << 16;
-    std::memcpy(&v[i], &bits, 4);
-  }
-  return v;
 }
 
 // v rounded to bf16 (through the device's own conversion): the values a bf16 input holds.
