@@ -68,6 +68,8 @@ __device__ __forceinline__ float ex2(float x) {
 }
 __device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + __expf(-x)); }
 __device__ __forceinline__ float silu_f(float x) { return x / (1.0f + __expf(-x)); }
+// A note read's gated residual term σ(g)·c, as one division (the form every kernel adds).
+__device__ __forceinline__ float gated_f(float c, float g) { return c / (1.0f + __expf(-g)); }
 // PyTorch's softplus (beta 1, threshold 20).
 __device__ __forceinline__ float softplus_f(float x) { return x > 20.0f ? x : log1pf(__expf(x)); }
 

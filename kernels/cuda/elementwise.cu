@@ -9,7 +9,7 @@ __global__ void gated_residual_kernel(float* __restrict__ x, const float* __rest
                                       const float* __restrict__ c, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
-    x[i] += c[i] / (1.0f + __expf(-g[i]));
+    x[i] += detail::gated_f(c[i], g[i]);
 }
 }  // namespace
 

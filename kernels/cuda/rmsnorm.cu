@@ -74,8 +74,8 @@ residual_rmsnorm_kernel(OutT* __restrict__ y, float* __restrict__ x, const G* __
   for (int64_t i = lane; i < D; i += 32) {
     const int64_t k = row * D + i;
     float v = xr[i];
-    v += float(c0[k]) / (1.0f + __expf(-float(g0[k])));
-    if constexpr (NRES == 2) v += float(c1[k]) / (1.0f + __expf(-float(g1[k])));
+    v += detail::gated_f(float(c0[k]), float(g0[k]));
+    if constexpr (NRES == 2) v += detail::gated_f(float(c1[k]), float(g1[k]));
     xr[i] = v;
     ss = fmaf(v, v, ss);
   }
