@@ -859,7 +859,22 @@ void pool_evolve(int32_t* snap, PoolState state, int32_t* pool_rows, int32_t* ca
     segment_candidates_kernel<<<grid, 256, 0, st>>>(scratch, s, segs, int(B), int(T), int(K), tau);
     MM_CUDA_LAUNCH_CHECK("segment_candidates");
   }
-  pool_walk_kernel<<<unsigned(B), 32, 0, st>>>(snap, state, pool_rows, cand_rows, scratch, pos0, segs, int(B), int(T), int(K));
+  // The walk is one latency-bound warp per sequence, overlapped with products on the main
+  // stream. Sharing a multiprocessor with their blocks made it about ten times slower than alone
+  // (H100, 2026-12-07), so each walk block asks for (and leaves unused) nearly all of its
+  // multiprocessor's shared memory, static plus dynamic: no other block fits beside it.
+  static const int reserve = [] {
+    int dev = 0, optin = 0;
+    MM_CUDA_CHECK(cudaGetDevice(&dev));
+    MM_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    cudaFuncAttributes attr{};
+    MM_CUDA_CHECK(cudaFuncGetAttributes(&attr, pool_walk_kernel));
+    const int bytes = std::max(0, optin - int(attr.sharedSizeBytes));
+    MM_CUDA_CHECK(cudaFuncSetAttribute(pool_walk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    return bytes;
+  }();
+  pool_walk_kernel<<<unsigned(B), 32, size_t(reserve), st>>>(snap, state, pool_rows, cand_rows, scratch, pos0, segs,
+                                                             int(B), int(T), int(K));
   MM_CUDA_LAUNCH_CHECK("pool_walk");
 }
 

@@ -87,10 +87,9 @@ public:
 
 private:
   void* stream_ = nullptr;
-  void* forked_ = nullptr;  // events
-  void* joined_ = nullptr;
-  void* began_ = nullptr;   // timing events on the side stream
-  void* ended_ = nullptr;
+  void* forked_ = nullptr;  // recorded on the default stream at fork
+  void* began_ = nullptr;   // on the side stream: after the fork's wait, and at join (timing
+  void* ended_ = nullptr;   // events; the default stream's join waits on ended_)
 };
 
 // ---- ops ----------------------------------------------------------------------------------

@@ -58,23 +58,24 @@ void synchronize() { MM_CUDA_CHECK(cudaDeviceSynchronize()); }
 
 SideStream::SideStream() {
   cudaStream_t s = nullptr;
-  cudaEvent_t a = nullptr, b = nullptr;
-  MM_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cudaEvent_t a = nullptr;
+  // The highest priority: when blocks retire, the side stream's waiting blocks go first (the
+  // pool walk, the critical path it overlaps, waits for a free multiprocessor).
+  int least = 0, greatest = 0;
+  MM_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  MM_CUDA_CHECK(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, greatest));
   MM_CUDA_CHECK(cudaEventCreateWithFlags(&a, cudaEventDisableTiming));
-  MM_CUDA_CHECK(cudaEventCreateWithFlags(&b, cudaEventDisableTiming));
   cudaEvent_t t0 = nullptr, t1 = nullptr;
   MM_CUDA_CHECK(cudaEventCreate(&t0));
   MM_CUDA_CHECK(cudaEventCreate(&t1));
   stream_ = s;
   forked_ = a;
-  joined_ = b;
   began_ = t0;
   ended_ = t1;
 }
 
 SideStream::~SideStream() {
   if (forked_) cudaEventDestroy(static_cast<cudaEvent_t>(forked_));
-  if (joined_) cudaEventDestroy(static_cast<cudaEvent_t>(joined_));
   if (began_) cudaEventDestroy(static_cast<cudaEvent_t>(began_));
   if (ended_) cudaEventDestroy(static_cast<cudaEvent_t>(ended_));
   if (stream_) cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
@@ -88,8 +89,7 @@ void SideStream::fork() {
 
 void SideStream::join() {
   MM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(ended_), static_cast<cudaStream_t>(stream_)));
-  MM_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(joined_), static_cast<cudaStream_t>(stream_)));
-  MM_CUDA_CHECK(cudaStreamWaitEvent(cudaStreamLegacy, static_cast<cudaEvent_t>(joined_), 0));
+  MM_CUDA_CHECK(cudaStreamWaitEvent(cudaStreamLegacy, static_cast<cudaEvent_t>(ended_), 0));
 }
 
 double SideStream::last_span_ms() const {
