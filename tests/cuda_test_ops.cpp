@@ -745,6 +745,9 @@ const bool registered = [] {
   }
   t.push_back({"conv1d_f32_Small_stream_B2_T37_E33_k4_pieces_2_35", [](Rng& r) { return conv_case(r, DType::f32, 2, 37, 33, 4, 66, {2, 35}); }});
   t.push_back({"conv1d_f32_stream_B2_T300_E100_k4_pieces_1_1_150_148", [](Rng& r) { return conv_case(r, DType::f32, 2, 300, 100, 4, 100, {1, 1, 150, 148}); }});
+  // Even E with an odd row stride: rows of a start off pair boundaries, so one channel per thread.
+  t.push_back({"conv1d_bf16_Small_B2_T40_E40_k4_lda41", [](Rng& r) { return conv_case(r, DType::bf16, 2, 40, 40, 4, 41, {40}); }});
+  t.push_back({"conv1d_bf16_stream_B2_T300_E100_k4_pieces_1_1_150_148", [](Rng& r) { return conv_case(r, DType::bf16, 2, 300, 100, 4, 100, {1, 1, 150, 148}); }});
   t.push_back({"conv1d_f32_Small_B1_T9_E5_k1", [](Rng& r) { return conv_case(r, DType::f32, 1, 9, 5, 1, 5, {9}); }});
   t.push_back({"conv1d_f32_Small_B1_T20_E40_k2", [](Rng& r) { return conv_case(r, DType::f32, 1, 20, 40, 2, 40, {20}); }});
   t.push_back({"scan_f32_B2_T5000_E130_N4_h0", [](Rng& r) { return scan_case(r, DType::f32, 2, 5000, 130, 4, true, {5000}); }});

@@ -13,8 +13,40 @@ constexpr int kThreads = 128;  // channels per block
 constexpr int kSteps = 16;     // time steps per thread
 constexpr int kMaxK = 8;
 
+// V consecutive channels per thread (1 or 2), loaded and stored together: a warp then moves
+// 32·V elements per row and instruction.
+template <int V, typename T> struct Vec;
+template <> struct Vec<1, float> {
+  static __device__ __forceinline__ void load(float* v, const float* p) { v[0] = __ldg(p); }
+  static __device__ __forceinline__ void store(float* p, const float* v) { p[0] = v[0]; }
+};
+template <> struct Vec<2, float> {
+  static __device__ __forceinline__ void load(float* v, const float* p) {
+    const float2 x = __ldg(reinterpret_cast<const float2*>(p));
+    v[0] = x.x;
+    v[1] = x.y;
+  }
+  static __device__ __forceinline__ void store(float* p, const float* v) {
+    *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
+  }
+};
+template <> struct Vec<1, __nv_bfloat16> {
+  static __device__ __forceinline__ void load(float* v, const __nv_bfloat16* p) { v[0] = detail::load_f32(p); }
+  static __device__ __forceinline__ void store(__nv_bfloat16* p, const float* v) { *p = __float2bfloat16_rn(v[0]); }
+};
+template <> struct Vec<2, __nv_bfloat16> {
+  static __device__ __forceinline__ void load(float* v, const __nv_bfloat16* p) {
+    const float2 x = __bfloat1622float2(__ldg(reinterpret_cast<const __nv_bfloat162*>(p)));
+    v[0] = x.x;
+    v[1] = x.y;
+  }
+  static __device__ __forceinline__ void store(__nv_bfloat16* p, const float* v) {
+    *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(v[0], v[1]);
+  }
+};
+
 // The input a is in the output's dtype (bf16 on the fast path: in_proj writes bf16).
-template <int K, typename OutT>
+template <int K, int V, typename OutT>
 __global__ void __launch_bounds__(kThreads)
 conv1d_silu_kernel(OutT* __restrict__ out, float* __restrict__ out_f32,
                    const float* __restrict__ tail, const OutT* __restrict__ a, int64_t lda,
@@ -25,31 +57,46 @@ conv1d_silu_kernel(OutT* __restrict__ out, float* __restrict__ out_f32,
   blk /= n_eblk;
   const int64_t tb = blk % n_tblk;
   const int64_t b = blk / n_tblk;
-  const int64_t e = eb * kThreads + threadIdx.x;
+  const int64_t e = (eb * kThreads + threadIdx.x) * V;
   if (e >= E) return;
   const int64_t t0 = tb * kSteps;
   const int64_t t1 = min(T, t0 + kSteps);
-  float wk[K];
+  float wk[V][K], bs[V];
 #pragma unroll
-  for (int i = 0; i < K; ++i) wk[i] = w[e * K + i];
-  const float bs = bias[e];
-  float win[K];
+  for (int c = 0; c < V; ++c) {
+#pragma unroll
+    for (int i = 0; i < K; ++i) wk[c][i] = w[(e + c) * K + i];
+    bs[c] = bias[e + c];
+  }
+  float win[K][V];
 #pragma unroll
   for (int i = 0; i < K - 1; ++i) {
     const int64_t s = t0 - (K - 1) + i;
-    win[i] = s >= 0 ? detail::load_f32(a + (b * T + s) * lda + e) : tail[(b * (K - 1) + (K - 1 + s)) * E + e];
+    if (s >= 0) {
+      Vec<V, OutT>::load(win[i], a + (b * T + s) * lda + e);
+    } else {
+#pragma unroll
+      for (int c = 0; c < V; ++c) win[i][c] = tail[(b * (K - 1) + (K - 1 + s)) * E + e + c];
+    }
   }
+#pragma unroll 4
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t row = b * T + t;
-    win[K - 1] = detail::load_f32(a + row * lda + e);
-    float acc = bs;
+    Vec<V, OutT>::load(win[K - 1], a + row * lda + e);
+    float v[V];
 #pragma unroll
-    for (int i = 0; i < K; ++i) acc = fmaf(wk[i], win[i], acc);
-    const float v = detail::silu_f(acc);
-    detail::store(out + row * E + e, v);
-    if (out_f32) out_f32[row * E + e] = v;
+    for (int c = 0; c < V; ++c) {
+      float acc = bs[c];
 #pragma unroll
-    for (int i = 0; i < K - 1; ++i) win[i] = win[i + 1];
+      for (int i = 0; i < K; ++i) acc = fmaf(wk[c][i], win[i][c], acc);
+      v[c] = detail::silu_f(acc);
+    }
+    Vec<V, OutT>::store(out + row * E + e, v);
+    if (out_f32) Vec<V, float>::store(out_f32 + row * E + e, v);
+#pragma unroll
+    for (int i = 0; i < K - 1; ++i)
+#pragma unroll
+      for (int c = 0; c < V; ++c) win[i][c] = win[i + 1][c];
   }
 }
 
@@ -72,11 +119,20 @@ __global__ void conv1d_tail_kernel(float* __restrict__ tail, const InT* __restri
 template <int K, typename OutT>
 void launch(void* out, float* out_f32, float* tail, const void* a, int64_t lda, const float* w,
             const float* bias, int64_t B, int64_t T, int64_t E) {
-  const int64_t n_tblk = (T + kSteps - 1) / kSteps, n_eblk = (E + kThreads - 1) / kThreads;
+  // Two channels per thread where every row of a, out and out_f32 starts on a pair boundary.
+  auto aligned = [](const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; };
+  const bool pairs = E % 2 == 0 && lda % 2 == 0 && aligned(a, 2 * sizeof(OutT)) && aligned(out, 2 * sizeof(OutT)) &&
+                     aligned(out_f32, 2 * sizeof(float));
+  const int V = pairs ? 2 : 1;
+  const int64_t n_tblk = (T + kSteps - 1) / kSteps, n_eblk = (E + kThreads * V - 1) / (kThreads * V);
   const int64_t blocks = B * n_tblk * n_eblk;
   detail::require(blocks < (int64_t(1) << 31), "conv1d_silu_forward", "too large (B·T·E)");
-  conv1d_silu_kernel<K, OutT><<<unsigned(blocks), kThreads>>>(
-      static_cast<OutT*>(out), out_f32, tail, static_cast<const OutT*>(a), lda, w, bias, T, E, n_tblk, n_eblk);
+  if (pairs)
+    conv1d_silu_kernel<K, 2, OutT><<<unsigned(blocks), kThreads>>>(
+        static_cast<OutT*>(out), out_f32, tail, static_cast<const OutT*>(a), lda, w, bias, T, E, n_tblk, n_eblk);
+  else
+    conv1d_silu_kernel<K, 1, OutT><<<unsigned(blocks), kThreads>>>(
+        static_cast<OutT*>(out), out_f32, tail, static_cast<const OutT*>(a), lda, w, bias, T, E, n_tblk, n_eblk);
   MM_CUDA_LAUNCH_CHECK("conv1d_silu_kernel");
   if (K > 1) {
     conv1d_tail_kernel<K, OutT><<<detail::blocks_for(B * E, 256), 256>>>(tail, static_cast<const OutT*>(a), lda, B, T, E);
