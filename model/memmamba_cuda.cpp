@@ -238,6 +238,7 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
       const LayerIndex& li = *I.ix[size_t(l)];
       State::Layer& st = state->layers[size_t(l)];
       const void* res_g[2] = {nullptr, nullptr};  // the note reads' (gate, output) products
+      const float* res_gb[2] = {nullptr, nullptr};  // and the gates' biases
       const void* res_c[2] = {nullptr, nullptr};
       int nres = 0;
       if (c.notes) {
@@ -285,10 +286,11 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
           return cuda::ReadSource{kv.data(), I.snap[size_t(sl % window)].data()};
         };
         // The gate and output products are only read back by the gated residual: in the
-        // activation dtype (bf16 on the fast path, half the bytes written and read).
+        // activation dtype (bf16 on the fast path, half the bytes written and read). The gate's
+        // bias is added there too (no pass of its own over M×D values).
         auto gate = [&](const LayerIndex::Read& rx, Buffer<uint16_t>& g) {
-          cuda::linear_forward(I.act(g, size_t(M * D)), D, v, D, I.w(rx.gate_w), I.f(rx.gate_b), M, D, D, I.dt,
-                               false, I.act_dtype());
+          cuda::linear_forward(I.act(g, size_t(M * D)), D, v, D, I.w(rx.gate_w), nullptr, M, D, D, I.dt, false,
+                               I.act_dtype());
         };
         // A read's output product; its gated residual lands in the mixer's norm below.
         auto finish = [&](const LayerIndex::Read& rx, const std::vector<cuda::ReadSource>& src, const float* q,
@@ -300,6 +302,7 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
                                I.act_dtype());
           tick("notes: output products");
           res_g[nres] = g.data();
+          res_gb[nres] = I.f(rx.gate_b);
           res_c[nres++] = c_out.data();
         };
         const std::vector<cuda::ReadSource> own{slot_kv(li.read, l)};
@@ -320,8 +323,8 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
       // Mixer (Mamba-1); out_proj accumulates into the residual stream.
       void* u = I.act(I.u, size_t(M * D));
       if (nres > 0) {
-        cuda::gated_residual_rmsnorm_forward(u, I.dt, I.x.data(), res_g, res_c, nres, I.act_dtype(), I.f(li.norm), M,
-                                             D, float(c.rms_eps));
+        cuda::gated_residual_rmsnorm_forward(u, I.dt, I.x.data(), res_g, res_gb, res_c, nres, I.act_dtype(),
+                                             I.f(li.norm), M, D, float(c.rms_eps));
         tick("notes gated residuals + mixer: norm");
       } else {
         cuda::rmsnorm_forward(u, I.dt, I.x.data(), I.f(li.norm), M, D, float(c.rms_eps));

@@ -418,26 +418,35 @@ std::vector<Err> gated_residual_case(Rng& rng, int64_t M, int64_t D) {
 }
 
 // The note reads' gated residuals fused into the mixer's norm. CPU twin: gated_residual for
-// each read in order (on the bf16 values when gdt is bf16), then rmsnorm.
-std::vector<Err> residual_rmsnorm_case(Rng& rng, DType ydt, DType gdt, int nres, int64_t M, int64_t D) {
+// each read in order (on the bf16 values when gdt is bf16, plus the gate's bias in fp32 when
+// the case has one), then rmsnorm.
+std::vector<Err> residual_rmsnorm_case(Rng& rng, DType ydt, DType gdt, int nres, int64_t M, int64_t D, bool bias) {
   Vec x = rng.uniform(size_t(M * D), -2, 2), w = rng.uniform(size_t(D), 0.5f, 1.5f);
-  std::vector<Vec> g, c;
+  std::vector<Vec> g, b, c;
   std::vector<In> dg, dc;
+  std::vector<Dev> db;
   for (int i = 0; i < nres; ++i) {
     g.push_back(rng.uniform(size_t(M * D), -4, 4));
     c.push_back(rng.uniform(size_t(M * D), -1, 1));
+    b.push_back(rng.uniform(size_t(D), -2, 2));
     if (gdt == DType::bf16) g.back() = bf16_rounded(g.back()), c.back() = bf16_rounded(c.back());
   }
-  for (int i = 0; i < nres; ++i) dg.emplace_back(gdt, g[size_t(i)]), dc.emplace_back(gdt, c[size_t(i)]);
-  Vec x_ref = x, y_ref(size_t(M * D));
   for (int i = 0; i < nres; ++i)
-    mm::cpu::gated_residual_forward<float>(x_ref.data(), g[size_t(i)].data(), c[size_t(i)].data(), M, D);
+    dg.emplace_back(gdt, g[size_t(i)]), dc.emplace_back(gdt, c[size_t(i)]), db.emplace_back(b[size_t(i)]);
+  Vec x_ref = x, y_ref(size_t(M * D));
+  for (int i = 0; i < nres; ++i) {
+    Vec gi = g[size_t(i)];
+    if (bias)
+      for (int64_t k = 0; k < M * D; ++k) gi[size_t(k)] += b[size_t(i)][size_t(k % D)];
+    mm::cpu::gated_residual_forward<float>(x_ref.data(), gi.data(), c[size_t(i)].data(), M, D);
+  }
   mm::cpu::rmsnorm_forward<float>(y_ref.data(), nullptr, x_ref.data(), w.data(), M, D, 1e-5);
   Dev dx(x), dw(w);
   Out y(ydt, size_t(M * D));
   const void* gp[2] = {dg[0].p(), nres > 1 ? dg[1].p() : nullptr};
+  const float* bp[2] = {db[0].p(), nres > 1 ? db[1].p() : nullptr};
   const void* cp[2] = {dc[0].p(), nres > 1 ? dc[1].p() : nullptr};
-  cu::gated_residual_rmsnorm_forward(y.p(), ydt, dx.p(), gp, cp, nres, gdt, dw.p(), M, D, 1e-5f);
+  cu::gated_residual_rmsnorm_forward(y.p(), ydt, dx.p(), gp, bias ? bp : nullptr, cp, nres, gdt, dw.p(), M, D, 1e-5f);
   cu::synchronize();
   return {{"x", mmtest::rel_error(dx.get(), x_ref), 1e-4}, {"y", mmtest::rel_error(y.get(), y_ref), tol_for(ydt)}};
 }
@@ -772,10 +781,11 @@ const bool registered = [] {
   t.push_back({"embedding_M1000_D256_V8", [](Rng& r) { return embedding_case(r, 1000, 256, 8); }});
   t.push_back({"gated_residual_Small_M33_D100", [](Rng& r) { return gated_residual_case(r, 33, 100); }});
   t.push_back({"gated_residual_M1000_D256", [](Rng& r) { return gated_residual_case(r, 1000, 256); }});
-  t.push_back({"residual_rmsnorm_bf16_bf16_M1000_D256_two_reads", [](Rng& r) { return residual_rmsnorm_case(r, DType::bf16, DType::bf16, 2, 1000, 256); }});
-  t.push_back({"residual_rmsnorm_bf16_bf16_M1000_D256_one_read", [](Rng& r) { return residual_rmsnorm_case(r, DType::bf16, DType::bf16, 1, 1000, 256); }});
-  t.push_back({"residual_rmsnorm_f32_f32_Small_M37_D100_two_reads", [](Rng& r) { return residual_rmsnorm_case(r, DType::f32, DType::f32, 2, 37, 100); }});
-  t.push_back({"residual_rmsnorm_f32_bf16_Small_M9_D33_one_read", [](Rng& r) { return residual_rmsnorm_case(r, DType::f32, DType::bf16, 1, 9, 33); }});
+  t.push_back({"residual_rmsnorm_bf16_bf16_M1000_D256_two_reads_bias", [](Rng& r) { return residual_rmsnorm_case(r, DType::bf16, DType::bf16, 2, 1000, 256, true); }});
+  t.push_back({"residual_rmsnorm_bf16_bf16_M1000_D256_one_read_bias", [](Rng& r) { return residual_rmsnorm_case(r, DType::bf16, DType::bf16, 1, 1000, 256, true); }});
+  t.push_back({"residual_rmsnorm_bf16_bf16_M1000_D256_two_reads", [](Rng& r) { return residual_rmsnorm_case(r, DType::bf16, DType::bf16, 2, 1000, 256, false); }});
+  t.push_back({"residual_rmsnorm_f32_f32_Small_M37_D100_two_reads_bias", [](Rng& r) { return residual_rmsnorm_case(r, DType::f32, DType::f32, 2, 37, 100, true); }});
+  t.push_back({"residual_rmsnorm_f32_bf16_Small_M9_D33_one_read", [](Rng& r) { return residual_rmsnorm_case(r, DType::f32, DType::bf16, 1, 9, 33, false); }});
   t.push_back({"linear_bf16_out_M300_I256_O256_bias", [](Rng& r) { return linear_bf16_out_case(r, 300, 256, 256, 256, true, false); }});
   t.push_back({"linear_bf16_out_Small_M33_I64_O40_ld48_acc", [](Rng& r) { return linear_bf16_out_case(r, 33, 64, 40, 48, false, true); }});
   // Backward ops.
@@ -857,8 +867,10 @@ TEST(CudaOpsSmall, RefusesAndTracksMemory) {
   EXPECT_THROW(cu::linear_forward(p, 4, p, 4, p, nullptr, 2, 4, 4, DType::f32, false, DType::bf16), mm::Error);  // bf16 out needs bf16 in
   {
     const void* gc[2] = {p, p};
-    EXPECT_THROW(cu::gated_residual_rmsnorm_forward(p, DType::f32, p, gc, gc, 3, DType::f32, p, 2, 4, 1e-5f), mm::Error);
-    EXPECT_THROW(cu::gated_residual_rmsnorm_forward(p, DType::tf32, p, gc, gc, 1, DType::f32, p, 2, 4, 1e-5f), mm::Error);
+    const float* one_null_bias[2] = {p, nullptr};
+    EXPECT_THROW(cu::gated_residual_rmsnorm_forward(p, DType::f32, p, gc, nullptr, gc, 3, DType::f32, p, 2, 4, 1e-5f), mm::Error);
+    EXPECT_THROW(cu::gated_residual_rmsnorm_forward(p, DType::tf32, p, gc, nullptr, gc, 1, DType::f32, p, 2, 4, 1e-5f), mm::Error);
+    EXPECT_THROW(cu::gated_residual_rmsnorm_forward(p, DType::f32, p, gc, one_null_bias, gc, 2, DType::f32, p, 2, 4, 1e-5f), mm::Error);
   }
   EXPECT_THROW(cu::linear_forward(p, 4, p, 4, p, nullptr, 0, 4, 4, DType::f32, false), mm::Error);
   EXPECT_THROW(cu::conv1d_silu_forward(p, DType::f32, nullptr, p, p, 8, p, p, 1, 4, 8, 9), mm::Error);

@@ -107,11 +107,12 @@ void rmsnorm_forward(void* y, DType ydt, const float* x, const float* w, int64_t
                      float eps, float* s = nullptr, const float* score_w = nullptr,
                      const float* score_b = nullptr);
 
-// x (M×D) += σ(g_i) ⊙ c_i for i < nres (1 or 2, in order; g, c M×D in gdt), then y (M×D, ydt)
-// = RMSNorm(x) · w: the note reads' gated residuals fused into the mixer's norm, so x is read
-// and written once.
-void gated_residual_rmsnorm_forward(void* y, DType ydt, float* x, const void* const* g, const void* const* c,
-                                    int nres, DType gdt, const float* w, int64_t M, int64_t D, float eps);
+// x (M×D) += σ(g_i + b_i) ⊙ c_i for i < nres (1 or 2, in order; g, c M×D in gdt; b_i = g_bias[i],
+// D fp32, or g_bias null when g holds its bias), then y (M×D, ydt) = RMSNorm(x) · w: the note
+// reads' gated residuals fused into the mixer's norm, so x is read and written once.
+void gated_residual_rmsnorm_forward(void* y, DType ydt, float* x, const void* const* g, const float* const* g_bias,
+                                    const void* const* c, int nres, DType gdt, const float* w, int64_t M, int64_t D,
+                                    float eps);
 
 // out (M×E, odt) = SiLU(causal depthwise conv(a) + bias); a (odt too) has row stride lda; tail
 // (B×(k−1)×E, fp32) holds the inputs before t = 0 and is updated to the piece's last k−1 inputs.
