@@ -732,6 +732,110 @@ std::vector<Err> pool_read_forward_case(Rng& rng, DType dt, int64_t B, int64_t T
   return {{"o", mmtest::rel_error(o.get(), o_ref), tol_for(dt)}};
 }
 
+// The pool walk against the CPU's candidates_offer / pool_commit (DESIGN §3): every segment's
+// snapshot and the state after each piece, compared exactly, as source positions slot by slot.
+// Pieces that end inside a chunk carry candidates into the next call; rising, coarsely quantised
+// scores keep the pool changing and make ties; hundreds of segments recycle the walk's staging.
+std::vector<Err> pool_evolve_case(Rng& rng, int64_t B, int64_t C, int64_t K, const std::vector<int64_t>& pieces) {
+  const float tau = 0.5f;
+  int64_t T = 0;
+  for (int64_t p : pieces) T += p;
+  std::vector<Vec> score(size_t(B), Vec(static_cast<size_t>(T)));
+  for (auto& sb : score) {
+    Vec noise = rng.uniform(size_t(T), -0.25f, 0.25f);
+    for (int64_t t = 0; t < T; ++t)
+      sb[size_t(t)] = std::clamp(std::round((0.3f + 0.6f * float(t) / float(T) + noise[size_t(t)]) * 64.0f) / 64.0f, 0.0f, 1.0f);
+  }
+  std::vector<mm::cpu::Pool<float>> pool(static_cast<size_t>(B));
+  std::vector<mm::cpu::Candidates<float>> cand(static_cast<size_t>(B));
+  for (auto& pl : pool) pl.capacity = K, pl.width = 1;
+  cu::Buffer<int64_t> pos(size_t(B * K)), cand_pos(size_t(B * K));
+  cu::Buffer<float> prio(size_t(B * K)), cand_score(size_t(B * K));
+  cu::Buffer<int32_t> used(static_cast<size_t>(B)), cand_count(static_cast<size_t>(B)), pool_rows(size_t(B * K)), cand_rows(size_t(B * K));
+  const std::vector<int64_t> none(size_t(B * K), -1);
+  const std::vector<int32_t> zeros(static_cast<size_t>(B), 0);
+  cu::copy_to_device(pos.data(), none.data(), none.size() * 8);
+  cu::copy_to_device(cand_pos.data(), none.data(), none.size() * 8);
+  cu::copy_to_device(used.data(), zeros.data(), zeros.size() * 4);
+  cu::copy_to_device(cand_count.data(), zeros.data(), zeros.size() * 4);
+  auto get64 = [](const cu::Buffer<int64_t>& d) {
+    std::vector<int64_t> h(d.size());
+    cu::copy_to_host(h.data(), d.data(), h.size() * 8);
+    return h;
+  };
+  auto get32 = [](const cu::Buffer<int32_t>& d) {
+    std::vector<int32_t> h(d.size());
+    cu::copy_to_host(h.data(), d.data(), h.size() * 4);
+    return h;
+  };
+  int64_t snap_bad = 0, state_bad = 0, pos0 = 0;
+  const float one = 1.0f;
+  for (int64_t Tp : pieces) {
+    std::vector<int32_t> t0s, t1s;
+    std::vector<uint8_t> closes;
+    for (int64_t t = 0; t < Tp;) {
+      const int64_t end = std::min(Tp, ((pos0 + t) / C + 1) * C - pos0);
+      t0s.push_back(int32_t(t));
+      t1s.push_back(int32_t(end));
+      closes.push_back((pos0 + end) % C == 0 ? 1 : 0);
+      t = end;
+    }
+    const int64_t nseg = int64_t(t0s.size());
+    Vec s(size_t(B * Tp));
+    for (int64_t b = 0; b < B; ++b)
+      std::copy_n(score[size_t(b)].begin() + pos0, Tp, s.begin() + b * Tp);
+    const std::vector<int64_t> pos_before = get64(pos), cand_before = get64(cand_pos);
+    cu::Buffer<int32_t> st0(t0s.size()), st1(t1s.size()), snap(size_t(nseg * B * K));
+    cu::Buffer<uint8_t> scl(closes.size());
+    cu::copy_to_device(st0.data(), t0s.data(), t0s.size() * 4);
+    cu::copy_to_device(st1.data(), t1s.data(), t1s.size() * 4);
+    cu::copy_to_device(scl.data(), closes.data(), closes.size());
+    cu::Buffer<float> sc_score(size_t(nseg * B * K));
+    cu::Buffer<int32_t> sc_t(size_t(nseg * B * K)), sc_count(size_t(nseg * B));
+    Dev s_dev(s);
+    cu::pool_evolve(snap.data(), {pos.data(), prio.data(), used.data(), cand_pos.data(), cand_score.data(), cand_count.data()},
+                    pool_rows.data(), cand_rows.data(), s_dev.p(), pos0, {st0.data(), st1.data(), scl.data(), nseg}, B, Tp,
+                    K, tau, {sc_score.data(), sc_t.data(), sc_count.data()});
+    cu::synchronize();
+    const std::vector<int32_t> rows = get32(snap);
+    // A snapshot row as a source position: the pool or candidates before the piece, or a token of it.
+    auto position = [&](int32_t r, int64_t b) -> int64_t {
+      if (r < 0) return -1;
+      if (r < B * K) return pos_before[size_t(r)];
+      if (r < 2 * B * K) return cand_before[size_t(r - B * K)];
+      const int64_t u = r - 2 * B * K;
+      return u / Tp == b ? pos0 + u % Tp : -2;
+    };
+    for (int64_t i = 0; i < nseg; ++i)
+      for (int64_t b = 0; b < B; ++b) {
+        const auto& pl = pool[size_t(b)];
+        for (int64_t j = 0; j < K; ++j)
+          snap_bad += position(rows[size_t((i * B + b) * K + j)], b) != (j < pl.used() ? pl.pos[size_t(j)] : -1);
+        for (int64_t t = t0s[size_t(i)]; t < t1s[size_t(i)]; ++t)
+          mm::cpu::candidates_offer<float>(cand[size_t(b)], K, 1, pos0 + t, s[size_t(b * Tp + t)], &one, tau);
+        if (closes[size_t(i)]) mm::cpu::pool_commit(pool[size_t(b)], cand[size_t(b)]);
+      }
+    // The state after the piece.
+    const std::vector<int64_t> pos_after = get64(pos), cand_after = get64(cand_pos);
+    const std::vector<int32_t> used_after = get32(used), count_after = get32(cand_count);
+    std::vector<float> prio_after(size_t(B * K)), cscore_after(size_t(B * K));
+    cu::copy_to_host(prio_after.data(), prio.data(), prio_after.size() * 4);
+    cu::copy_to_host(cscore_after.data(), cand_score.data(), cscore_after.size() * 4);
+    for (int64_t b = 0; b < B; ++b) {
+      const auto& pl = pool[size_t(b)];
+      const auto& cd = cand[size_t(b)];
+      state_bad += used_after[size_t(b)] != pl.used();
+      state_bad += count_after[size_t(b)] != cd.count();
+      for (int64_t j = 0; j < std::min(pl.used(), K); ++j)
+        state_bad += pos_after[size_t(b * K + j)] != pl.pos[size_t(j)] || prio_after[size_t(b * K + j)] != pl.priority[size_t(j)];
+      for (int64_t j = 0; j < std::min(cd.count(), K); ++j)
+        state_bad += cand_after[size_t(b * K + j)] != cd.pos[size_t(j)] || cscore_after[size_t(b * K + j)] != cd.score[size_t(j)];
+    }
+    pos0 += Tp;
+  }
+  return {{"snapshot slots that differ", double(snap_bad), 0.5}, {"state entries that differ", double(state_bad), 0.5}};
+}
+
 // ---- the table ---------------------------------------------------------------------------------
 // "Small" in a name marks the quick cases (e.g. for compute-sanitizer runs).
 const bool registered = [] {
@@ -808,6 +912,9 @@ const bool registered = [] {
   t.push_back({"cross_entropy_M5000_V8_scale", [](Rng& r) { return cross_entropy_case(r, 5000, 8, 4000.0f); }});
   t.push_back({"note_score_backward_M1000_D256", [](Rng& r) { return note_score_backward_case(r, 1000, 256); }});
   t.push_back({"note_scale_backward_M1000_S64_ld192", [](Rng& r) { return note_scale_backward_case(r, 1000, 64, 192); }});
+  t.push_back({"pool_evolve_Small_B1_C5_K13_pieces_702_301", [](Rng& r) { return pool_evolve_case(r, 1, 5, 13, {702, 301}); }});
+  t.push_back({"pool_evolve_B2_C8_K16_pieces_1001_333_666", [](Rng& r) { return pool_evolve_case(r, 2, 8, 16, {1001, 333, 666}); }});
+  t.push_back({"pool_evolve_B3_C256_K64_pieces_40000_25001", [](Rng& r) { return pool_evolve_case(r, 3, 256, 64, {40000, 25001}); }});
   t.push_back({"pool_read_backward_Small_B2_T40_C8_K4_H2_dh4", [](Rng& r) { return pool_read_backward_case(r, 2, 40, 8, 4, 2, 4, 1); }});
   t.push_back({"pool_read_backward_B1_T600_C256_K64_H4_dh16", [](Rng& r) { return pool_read_backward_case(r, 1, 600, 256, 64, 4, 16, 1); }});
   t.push_back({"pool_read_backward_cross_B2_T300_C100_K16_H4_dh8_src4", [](Rng& r) { return pool_read_backward_case(r, 2, 300, 100, 16, 4, 8, 4); }});
