@@ -95,22 +95,50 @@ __global__ void segment_candidates_kernel(PoolScratch out, const float* s, Segme
 // first chunks the best candidate of a chunk rarely beats the full pool's minimum: the lanes
 // test 32 segments at once and write the snapshots of a run of such segments together. When a
 // chunk does change the pool, the lanes load its list together and find the lowest slot with a
-// warp reduction (not one lane's loop over K slots).
-__device__ __forceinline__ bool slot_below(const float* prio, const int64_t* pos, int a, int b) {
-  return prio[a] < prio[b] || (prio[a] == prio[b] && pos[a] < pos[b]);
-}
+// warp reduction over copies of the slots held in registers (lane l owns slots l + 32q): a
+// reduction that read the slots from shared memory at every step cost about 0.3 µs, and a
+// changing segment needs one per replacement plus one.
+struct LaneSlots {
+  float prio[kMaxSlots / 32];
+  int64_t pos[kMaxSlots / 32];
+};
 
-// The full pool's lowest slot by (priority, position); every lane gets it.
-__device__ __forceinline__ int warp_lowest_slot(const float* prio, const int64_t* pos, int K, int lane) {
+// The full pool's lowest slot by (priority, position) and its priority; every lane gets both.
+__device__ __forceinline__ int warp_lowest_slot(const LaneSlots& mine, int K, int lane, float& low_prio) {
   int best = -1;
-  for (int j = lane; j < K; j += 32)
-    if (best < 0 || slot_below(prio, pos, j, best)) best = j;
+  float bp = 0.0f;
+  long long bpos = 0;
+#pragma unroll
+  for (int q = 0; q < kMaxSlots / 32; ++q) {
+    const int j = lane + 32 * q;
+    if (j < K && (best < 0 || mine.prio[q] < bp || (mine.prio[q] == bp && mine.pos[q] < bpos))) {
+      best = j;
+      bp = mine.prio[q];
+      bpos = mine.pos[q];
+    }
+  }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
-    const int other = __shfl_xor_sync(0xffffffffu, best, o);
-    if (other >= 0 && (best < 0 || slot_below(prio, pos, other, best))) best = other;
+    const int ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const float op = __shfl_xor_sync(0xffffffffu, bp, o);
+    const long long opos = __shfl_xor_sync(0xffffffffu, bpos, o);
+    if (ob >= 0 && (best < 0 || op < bp || (op == bp && opos < bpos))) {
+      best = ob;
+      bp = op;
+      bpos = opos;
+    }
   }
+  low_prio = bp;
   return best;
+}
+
+// The counts, best scores and chunk ends of the 32 segments from k0 on (lane l: segment k0 + l).
+__device__ __forceinline__ void load_window(const PoolScratch& sc, const Segments& segs, int64_t k0, int B, int b,
+                                            int K, int lane, int& n, float& best, int& closes) {
+  const int64_t k = k0 + lane;
+  n = k < segs.count ? sc.count[k * B + b] : 0;
+  best = k < segs.count ? sc.score[(k * B + b) * K] : 0.0f;
+  closes = k < segs.count ? segs.closes[k] : 0;
 }
 
 __global__ void pool_walk_kernel(int32_t* snap, PoolState st, int32_t* pool_rows, int32_t* cand_rows,
@@ -129,33 +157,43 @@ __global__ void pool_walk_kernel(int32_t* snap, PoolState st, int32_t* pool_rows
     crow[j] = j < ccount ? B * K + b * K + j : -1;
   }
   __syncwarp();
+  LaneSlots mine;
+#pragma unroll
+  for (int q = 0; q < kMaxSlots / 32; ++q) {
+    const int j = lane + 32 * q;
+    mine.prio[q] = j < K ? pprio[j] : 0.0f;
+    mine.pos[q] = j < K ? ppos[j] : -1;
+  }
   const int64_t row_base = 2 * int64_t(B) * K + int64_t(b) * T;
   int low = -1;  // the full pool's lowest slot, or -1 after a change
-  // The lanes hold the count, best score and chunk end of the 32 segments from `window` on,
-  // fetched in one go, so the walk waits on memory once per 32 segments.
-  int64_t window = -32;
-  int w_n = 0, w_closes = 0;
-  float w_best = 0.0f;
-  // The candidate list of the segment that ends a quiet run, fetched before that run's snapshots
-  // are written (its memory latency hides behind them): lane c % 32 holds entry c.
+  float low_prio = 0.0f;
+  // The lanes hold the count, best score and chunk end of the 32 segments from `window` on;
+  // the next window's are loaded a window ahead (runs stop at a window's end, so windows follow
+  // each other 32 segments apart).
+  int64_t window = 0;
+  int w_n, w_closes, nx_n, nx_closes;
+  float w_best, nx_best;
+  load_window(sc, segs, 0, B, b, K, lane, w_n, w_best, w_closes);
+  load_window(sc, segs, 32, B, b, K, lane, nx_n, nx_best, nx_closes);
+  // A candidate list fetched before it is needed, so its memory latency hides behind other work:
+  // that of the segment that ends a quiet run (behind the run's snapshots), or that of the
+  // segment after a changing one (behind its commit). Lane c % 32 holds entry c.
   int64_t pf_seg = -1;
   float pf_s[kMaxSlots / 32];
   int pf_t[kMaxSlots / 32];
   for (int64_t i = 0; i < segs.count;) {
     if (i >= window + 32) {
-      window = i;
-      const int64_t k = window + lane;
-      w_n = k < segs.count ? sc.count[k * B + b] : 0;
-      w_best = k < segs.count ? sc.score[(k * B + b) * K] : 0.0f;
-      w_closes = k < segs.count ? segs.closes[k] : 0;
+      window += 32;
+      w_n = nx_n, w_best = nx_best, w_closes = nx_closes;
+      load_window(sc, segs, window + 32, B, b, K, lane, nx_n, nx_best, nx_closes);
     }
     if (ccount == 0 && used == K) {
       // The common case: a closing segment whose best cannot beat the full pool's lowest slot
       // leaves the pool as it is. The lanes test the window's segments at once; the run of
       // such segments from i on gets its snapshots (all the current pool) written together.
-      if (low < 0) low = warp_lowest_slot(pprio, ppos, K, lane);
+      if (low < 0) low = warp_lowest_slot(mine, K, lane, low_prio);
       const int64_t k = window + lane;
-      const bool quiet = k < segs.count && w_closes != 0 && (w_n == 0 || !(w_best > pprio[low]));
+      const bool quiet = k < segs.count && w_closes != 0 && (w_n == 0 || !(w_best > low_prio));
       const unsigned stop = __ballot_sync(0xffffffffu, k >= i && !quiet);
       const int64_t run = (stop ? __ffs(int(stop)) - 1 : 32) - (i - window);
       if (run > 0) {
@@ -232,6 +270,18 @@ __global__ void pool_walk_kernel(int32_t* snap, PoolState st, int32_t* pool_rows
       }
       m = __shfl_sync(0xffffffffu, m, 0);
     }
+    if (i + 1 < segs.count) {  // the next segment's list, in case it changes the pool too
+      const int64_t nb = ((i + 1) * B + b) * K;
+#pragma unroll
+      for (int q = 0; q < kMaxSlots / 32; ++q) {
+        const int c = lane + 32 * q;
+        if (c < K) {
+          pf_s[q] = sc.score[nb + c];
+          pf_t[q] = sc.t[nb + c];
+        }
+      }
+      pf_seg = i + 1;
+    }
     __syncwarp();
     if (closes) {  // commit in order: fill free slots, then replace the lowest while it is lower
       for (int c = 0; c < m; ++c) {
@@ -240,9 +290,17 @@ __global__ void pool_walk_kernel(int32_t* snap, PoolState st, int32_t* pool_rows
         if (used < K) {
           slot = used++;
         } else {
-          if (low < 0) low = warp_lowest_slot(pprio, ppos, K, lane);
-          if (!(sc_c > pprio[low])) break;
+          if (low < 0) low = warp_lowest_slot(mine, K, lane, low_prio);
+          if (!(sc_c > low_prio)) break;
           slot = low;
+        }
+        if (lane == slot % 32) {  // the slot's owner updates its register copy
+#pragma unroll
+          for (int q = 0; q < kMaxSlots / 32; ++q)
+            if (q == slot / 32) {
+              mine.prio[q] = sc_c;
+              mine.pos[q] = mpos[c];
+            }
         }
         __syncwarp();  // every lane has read the slots before lane 0 rewrites one
         if (lane == 0) {
