@@ -268,12 +268,15 @@ void MemMambaCuda::forward(const int32_t* tokens_host, int64_t B, int64_t T, flo
         I.cand_n.reserve(size_t(segs.count * B));
         // The pool's walk is sequential (one warp per sequence): it runs on the side stream while
         // the default stream computes what does not depend on it (the own read's slot keys and
-        // values, both reads' gate products).
+        // values, both reads' gate products). The segments' candidates are found first, on the
+        // default stream, so the walk is ready to start (at the side stream's higher priority)
+        // before the products take every multiprocessor.
+        const cuda::PoolScratch scratch{I.cand_s.data(), I.cand_t.data(), I.cand_n.data()};
+        cuda::pool_candidates(scratch, I.s.data(), segs, B, Tp, K, float(c.tau1));
         I.side.fork();
-        cuda::pool_evolve(snap.data(), {st.pos.data(), st.prio.data(), st.used.data(), st.cand_pos.data(),
-                                        st.cand_score.data(), st.cand_count.data()},
-                          I.pool_rows.data(), I.cand_rows.data(), I.s.data(), pos0, segs, B, Tp, K, float(c.tau1),
-                          {I.cand_s.data(), I.cand_t.data(), I.cand_n.data()}, I.side.handle());
+        cuda::pool_walk(snap.data(), {st.pos.data(), st.prio.data(), st.used.data(), st.cand_pos.data(),
+                                      st.cand_score.data(), st.cand_count.data()},
+                        I.pool_rows.data(), I.cand_rows.data(), pos0, segs, B, Tp, K, scratch, I.side.handle());
         cuda::gather_rows(st.pool_values.data(), next.data(), I.pool_rows.data(), B * K, S, I.side.handle());
         cuda::gather_rows(st.cand_values.data(), next.data(), I.cand_rows.data(), B * K, S, I.side.handle());
 

@@ -906,17 +906,29 @@ void gather_rows(float* dst, const float* src, const int32_t* rows, int64_t R, i
   MM_CUDA_LAUNCH_CHECK("gather_rows");
 }
 
+void pool_candidates(PoolScratch scratch, const float* s, Segments segs, int64_t B, int64_t T, int64_t K, float tau,
+                     void* stream) {
+  require(K > 0 && K <= kMaxSlots, "pool_slots " + std::to_string(K) + " (at most " + std::to_string(kMaxSlots) + ")");
+  require(B > 0 && T >= 0, "pool_candidates sizes");
+  if (segs.count == 0) return;
+  dim3 grid(unsigned(segs.count), unsigned(B));
+  segment_candidates_kernel<<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(scratch, s, segs, int(B), int(T),
+                                                                                   int(K), tau);
+  MM_CUDA_LAUNCH_CHECK("segment_candidates");
+}
+
 void pool_evolve(int32_t* snap, PoolState state, int32_t* pool_rows, int32_t* cand_rows,
                  const float* s, int64_t pos0, Segments segs, int64_t B, int64_t T, int64_t K,
                  float tau, PoolScratch scratch, void* stream) {
+  pool_candidates(scratch, s, segs, B, T, K, tau, stream);
+  pool_walk(snap, state, pool_rows, cand_rows, pos0, segs, B, T, K, scratch, stream);
+}
+
+void pool_walk(int32_t* snap, PoolState state, int32_t* pool_rows, int32_t* cand_rows, int64_t pos0, Segments segs,
+               int64_t B, int64_t T, int64_t K, PoolScratch scratch, void* stream) {
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   require(K > 0 && K <= kMaxSlots, "pool_slots " + std::to_string(K) + " (at most " + std::to_string(kMaxSlots) + ")");
   require(B > 0 && T >= 0 && 2 * B * K + B * T < (int64_t(1) << 31), "piece too large for 32-bit row indices");
-  if (segs.count > 0) {
-    dim3 grid(unsigned(segs.count), unsigned(B));
-    segment_candidates_kernel<<<grid, 256, 0, st>>>(scratch, s, segs, int(B), int(T), int(K), tau);
-    MM_CUDA_LAUNCH_CHECK("segment_candidates");
-  }
   // The walk is one latency-bound warp per sequence, overlapped with products on the main
   // stream. Sharing a multiprocessor with their blocks made it about ten times slower than alone
   // (H100, 2026-12-07), so each walk block asks for (and leaves unused) nearly all of its

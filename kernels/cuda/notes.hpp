@@ -52,6 +52,12 @@ struct PoolScratch {
 void pool_evolve(int32_t* snap, PoolState state, int32_t* pool_rows, int32_t* cand_rows,
                  const float* s, int64_t pos0, Segments segs, int64_t B, int64_t T, int64_t K,
                  float tau, PoolScratch scratch, void* stream = nullptr);
+// pool_evolve's two steps, for callers that run them on different streams: every segment's best
+// candidates into scratch (all segments in parallel), then the sequential walk that reads them.
+void pool_candidates(PoolScratch scratch, const float* s, Segments segs, int64_t B, int64_t T, int64_t K, float tau,
+                     void* stream = nullptr);
+void pool_walk(int32_t* snap, PoolState state, int32_t* pool_rows, int32_t* cand_rows, int64_t pos0, Segments segs,
+               int64_t B, int64_t T, int64_t K, PoolScratch scratch, void* stream = nullptr);
 
 // dst (R×S) = src[rows[r]] (row stride S), zeros where rows[r] < 0.
 void gather_rows(float* dst, const float* src, const int32_t* rows, int64_t R, int64_t S,
