@@ -95,9 +95,8 @@ __global__ void segment_candidates_kernel(PoolScratch out, const float* s, Segme
 // first chunks the best candidate of a chunk rarely beats the full pool's minimum: the lanes
 // test 32 segments at once and write the snapshots of a run of such segments together. When a
 // chunk does change the pool, the lanes load its list together and find the lowest slot with a
-// warp reduction over copies of the slots held in registers (lane l owns slots l + 32q): a
-// reduction that read the slots from shared memory at every step cost about 0.3 µs, and a
-// changing segment needs one per replacement plus one.
+// warp reduction over copies of the slots held in registers (lane l owns slots l + 32q), so no
+// step of it waits on shared memory; a changing segment needs one per replacement plus one.
 struct LaneSlots {
   float prio[kMaxSlots / 32];
   int64_t pos[kMaxSlots / 32];
@@ -930,9 +929,10 @@ void pool_walk(int32_t* snap, PoolState state, int32_t* pool_rows, int32_t* cand
   require(K > 0 && K <= kMaxSlots, "pool_slots " + std::to_string(K) + " (at most " + std::to_string(kMaxSlots) + ")");
   require(B > 0 && T >= 0 && 2 * B * K + B * T < (int64_t(1) << 31), "piece too large for 32-bit row indices");
   // The walk is one latency-bound warp per sequence, overlapped with products on the main
-  // stream. Sharing a multiprocessor with their blocks made it about ten times slower than alone
-  // (H100, 2026-12-07), so each walk block asks for (and leaves unused) nearly all of its
-  // multiprocessor's shared memory, static plus dynamic: no other block fits beside it.
+  // stream. Sharing a multiprocessor with their blocks slowed it (its span at 1 M tokens: 13.5 ms
+  // sharing, 12.3 ms with the SM to itself; H100, 2026-12-07), so each walk block asks for (and
+  // leaves unused) nearly all of its multiprocessor's shared memory: no other block fits beside
+  // it. The attribute is set for the device current at the first call (one device per process).
   static const int reserve = [] {
     int dev = 0, optin = 0;
     MM_CUDA_CHECK(cudaGetDevice(&dev));

@@ -88,8 +88,8 @@ public:
 private:
   void* stream_ = nullptr;
   void* forked_ = nullptr;  // recorded on the default stream at fork
-  void* began_ = nullptr;   // on the side stream: after the fork's wait, and at join (timing
-  void* ended_ = nullptr;   // events; the default stream's join waits on ended_)
+  void* began_ = nullptr;   // timing events on the side stream: after the fork's wait,
+  void* ended_ = nullptr;   // and at join (the default stream's join waits on it)
 };
 
 // ---- ops ----------------------------------------------------------------------------------
