@@ -62,6 +62,14 @@ struct Dev {
   }
 };
 
+// A device buffer's elements, copied to the host as they are.
+template <typename E>
+std::vector<E> host_copy(const cu::Buffer<E>& d) {
+  std::vector<E> h(d.size());
+  cu::copy_to_host(h.data(), d.data(), h.size() * sizeof(E));
+  return h;
+}
+
 // The values of a bf16 device buffer, as fp32 on the host.
 Vec values_of(const cu::Buffer<uint16_t>& b) {
   std::vector<uint16_t> h(b.size());
@@ -758,16 +766,6 @@ std::vector<Err> pool_evolve_case(Rng& rng, int64_t B, int64_t C, int64_t K, con
   cu::copy_to_device(cand_pos.data(), none.data(), none.size() * 8);
   cu::copy_to_device(used.data(), zeros.data(), zeros.size() * 4);
   cu::copy_to_device(cand_count.data(), zeros.data(), zeros.size() * 4);
-  auto get64 = [](const cu::Buffer<int64_t>& d) {
-    std::vector<int64_t> h(d.size());
-    cu::copy_to_host(h.data(), d.data(), h.size() * 8);
-    return h;
-  };
-  auto get32 = [](const cu::Buffer<int32_t>& d) {
-    std::vector<int32_t> h(d.size());
-    cu::copy_to_host(h.data(), d.data(), h.size() * 4);
-    return h;
-  };
   int64_t snap_bad = 0, state_bad = 0, pos0 = 0;
   const float one = 1.0f;
   for (int64_t Tp : pieces) {
@@ -784,7 +782,7 @@ std::vector<Err> pool_evolve_case(Rng& rng, int64_t B, int64_t C, int64_t K, con
     Vec s(size_t(B * Tp));
     for (int64_t b = 0; b < B; ++b)
       std::copy_n(score[size_t(b)].begin() + pos0, Tp, s.begin() + b * Tp);
-    const std::vector<int64_t> pos_before = get64(pos), cand_before = get64(cand_pos);
+    const std::vector<int64_t> pos_before = host_copy(pos), cand_before = host_copy(cand_pos);
     cu::Buffer<int32_t> st0(t0s.size()), st1(t1s.size()), snap(size_t(nseg * B * K));
     cu::Buffer<uint8_t> scl(closes.size());
     cu::copy_to_device(st0.data(), t0s.data(), t0s.size() * 4);
@@ -797,7 +795,7 @@ std::vector<Err> pool_evolve_case(Rng& rng, int64_t B, int64_t C, int64_t K, con
                     pool_rows.data(), cand_rows.data(), s_dev.p(), pos0, {st0.data(), st1.data(), scl.data(), nseg}, B, Tp,
                     K, tau, {sc_score.data(), sc_t.data(), sc_count.data()});
     cu::synchronize();
-    const std::vector<int32_t> rows = get32(snap);
+    const std::vector<int32_t> rows = host_copy(snap);
     // A snapshot row as a source position: the pool or candidates before the piece, or a token of it.
     auto position = [&](int32_t r, int64_t b) -> int64_t {
       if (r < 0) return -1;
@@ -816,11 +814,9 @@ std::vector<Err> pool_evolve_case(Rng& rng, int64_t B, int64_t C, int64_t K, con
         if (closes[size_t(i)]) mm::cpu::pool_commit(pool[size_t(b)], cand[size_t(b)]);
       }
     // The state after the piece.
-    const std::vector<int64_t> pos_after = get64(pos), cand_after = get64(cand_pos);
-    const std::vector<int32_t> used_after = get32(used), count_after = get32(cand_count);
-    std::vector<float> prio_after(size_t(B * K)), cscore_after(size_t(B * K));
-    cu::copy_to_host(prio_after.data(), prio.data(), prio_after.size() * 4);
-    cu::copy_to_host(cscore_after.data(), cand_score.data(), cscore_after.size() * 4);
+    const std::vector<int64_t> pos_after = host_copy(pos), cand_after = host_copy(cand_pos);
+    const std::vector<int32_t> used_after = host_copy(used), count_after = host_copy(cand_count);
+    const std::vector<float> prio_after = host_copy(prio), cscore_after = host_copy(cand_score);
     for (int64_t b = 0; b < B; ++b) {
       const auto& pl = pool[size_t(b)];
       const auto& cd = cand[size_t(b)];
