@@ -131,6 +131,19 @@ __device__ __forceinline__ int warp_lowest_slot(const LaneSlots& mine, int K, in
   return best;
 }
 
+// The first n entries of the candidate list at `base` into registers: lane c % 32 gets entry c.
+__device__ __forceinline__ void fetch_list(float* pf_s, int* pf_t, const PoolScratch& sc, int64_t base, int n,
+                                           int lane) {
+#pragma unroll
+  for (int q = 0; q < kMaxSlots / 32; ++q) {
+    const int c = lane + 32 * q;
+    if (c < n) {
+      pf_s[q] = sc.score[base + c];
+      pf_t[q] = sc.t[base + c];
+    }
+  }
+}
+
 // The counts, best scores and chunk ends of the 32 segments from k0 on (lane l: segment k0 + l).
 __device__ __forceinline__ void load_window(const PoolScratch& sc, const Segments& segs, int64_t k0, int B, int b,
                                             int K, int lane, int& n, float& best, int& closes) {
@@ -198,16 +211,7 @@ __global__ void pool_walk_kernel(int32_t* snap, PoolState st, int32_t* pool_rows
       if (run > 0) {
         const int64_t next = i + run;
         if (next < window + 32 && next < segs.count) {
-          const int nn = __shfl_sync(0xffffffffu, w_n, int(next - window));
-          const int64_t nb = (next * B + b) * K;
-#pragma unroll
-          for (int q = 0; q < kMaxSlots / 32; ++q) {
-            const int c = lane + 32 * q;
-            if (c < nn) {
-              pf_s[q] = sc.score[nb + c];
-              pf_t[q] = sc.t[nb + c];
-            }
-          }
+          fetch_list(pf_s, pf_t, sc, (next * B + b) * K, __shfl_sync(0xffffffffu, w_n, int(next - window)), lane);
           pf_seg = next;
         }
         for (int j = lane; j < K; j += 32) {
@@ -270,15 +274,7 @@ __global__ void pool_walk_kernel(int32_t* snap, PoolState st, int32_t* pool_rows
       m = __shfl_sync(0xffffffffu, m, 0);
     }
     if (i + 1 < segs.count) {  // the next segment's list, in case it changes the pool too
-      const int64_t nb = ((i + 1) * B + b) * K;
-#pragma unroll
-      for (int q = 0; q < kMaxSlots / 32; ++q) {
-        const int c = lane + 32 * q;
-        if (c < K) {
-          pf_s[q] = sc.score[nb + c];
-          pf_t[q] = sc.t[nb + c];
-        }
-      }
+      fetch_list(pf_s, pf_t, sc, ((i + 1) * B + b) * K, K, lane);
       pf_seg = i + 1;
     }
     __syncwarp();
